@@ -1,0 +1,58 @@
+/* The compute backend a worker drives: load a job, run micro-batches (accumulating gradients of the summed loss),
+ * expose the gradient buffer for the all-reduce, apply the optimizer step, write checkpoints.
+ * Implementations: backend_sim.c (no model: deterministic arithmetic, for coordinator tests and benchmarks) and
+ * backend_model.c (the LLaVA model on the CPU kernels). Tested through tests/integration/. */
+#ifndef LLAVA_BACKEND_H
+#define LLAVA_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cjson/cJSON.h>
+
+typedef struct backend backend_t;
+
+/* Results of one micro-batch. */
+typedef struct {
+    double loss_sum;   /* summed cross-entropy over targets */
+    int64_t n_targets; /* targets counted */
+    int64_t tokens;    /* real (unpadded) tokens */
+} mb_result_t;
+
+typedef struct {
+    const char *name;
+    /** Loads the model and data of a job. `job` is {"id", "spec" (normalised job spec JSON), "resume" (checkpoint
+     *  dir or null), "step" (global step the weights must be at)}. Writes a one-line reason into err on failure. */
+    int (*job_load)(backend_t *b, const cJSON *job, char *err, size_t errlen);
+    /** Runs forward+backward of the samples, ACCUMULATING gradients of the summed loss into the gradient buffer. */
+    int (*run_mb)(backend_t *b, const int64_t *samples, int n, mb_result_t *out, char *err, size_t errlen);
+    /** The accumulated gradient buffer: one contiguous float array. Valid until job_release. */
+    float *(*grads)(backend_t *b, size_t *n);
+    /** Applies the optimizer with the all-reduced gradients `g` (summed over workers, NOT yet normalised):
+     *  g *= scale (1 / global target count), clip to max_grad_norm, AdamW at lr. Zeroes the accumulator.
+     *  Writes the pre-clip norm into *grad_norm. Must be deterministic: every worker applies the same update. */
+    int (*apply)(backend_t *b, float *g, double scale, double lr, int64_t step, double *grad_norm, char *err,
+                 size_t errlen);
+    /** Zeroes the accumulated gradients (a step is redone after a failure elsewhere). */
+    void (*zero_grads)(backend_t *b);
+    /** Writes a checkpoint into dir (which exists and is empty); trainer_state is added as trainer_state.json. */
+    int (*checkpoint)(backend_t *b, const char *dir, const cJSON *trainer_state, char *err, size_t errlen);
+    /** Drops the job's model and data. */
+    void (*job_release)(backend_t *b);
+    void (*destroy)(backend_t *b);
+} backend_ops_t;
+
+struct backend {
+    const backend_ops_t *ops;
+    void *impl;
+    int threads;
+};
+
+/** The simulated backend. `mb_ms`: milliseconds each micro-batch takes (sleep), 0 for none. */
+int backend_sim_new(int mb_ms, backend_t **out);
+/** The model backend (LLaVA on the CPU kernels) with `threads` compute threads. */
+int backend_model_new(int threads, backend_t **out);
+/** Calls ops->destroy and NULLs *pb. Safe on NULL. */
+void backend_free(backend_t **pb);
+
+#endif
