@@ -1,6 +1,7 @@
 /* libFuzzer harness for st_file_open: writes the input to a temp file, opens it, reads every tensor.
  * Build: clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -I. tests/fuzz/fuzz_safetensors.c
- *        common/safetensors.c common/tensor.c common/err.c -lcjson -o fuzz_st && ./fuzz_st tests/fixtures/safetensors
+ *        common/safetensors.c common/tensor.c common/err.c -lcjson -o fuzz_st && mkdir -p /tmp/corpus &&
+ *        cp tests/fixtures/safetensors/python.safetensors /tmp/corpus && ./fuzz_st /tmp/corpus
  * (not built by CMake; tests/unit/test_safetensors.c runs a seeded mutation loop in CI instead). */
 #include <stdint.h>
 #include <stdio.h>
