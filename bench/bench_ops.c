@@ -64,6 +64,7 @@ int main(int argc, char **argv) {
     TIME("swiglu bwd", 0, 20, swiglu_backward(z, w, y, x, y, (long)N * H));
     TIME("quick_gelu fwd [T,11008]", 0, 20, quick_gelu_forward(z, x, (long)N * H));
     TIME("gelu fwd [T,11008]", 0, 20, gelu_forward(z, x, (long)N * H));
+    TIME("gelu bwd", 0, 20, gelu_backward(z, x, y, (long)N * H));
     TIME("rope fwd q [T,32,128]", 0, 20, rope_forward(z, x, NULL, 1, N, NH, HS, 10000.0f));
     TIME("rope bwd", 0, 20, rope_backward(z, x, NULL, 1, N, NH, HS, 10000.0f));
     // the mix of a training step: a matmul, then OpenMP loops, repeated (BLAS and OpenMP threads share the cores)

@@ -466,19 +466,19 @@ void quick_gelu_backward(float *dinp, const float *inp, const float *dout, long 
 void gelu_forward(float *out, const float *inp, long n) {
 #pragma omp parallel for if (n >= OPS_PAR_MIN)
     for (long i = 0; i < n; i++) {
-        double x = inp[i];
-        out[i] = (float)(0.5 * x * (1.0 + erf(x * M_SQRT1_2)));
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2));
     }
 }
 
 void gelu_backward(float *dinp, const float *inp, const float *dout, long n) {
-    const double inv_sqrt_2pi = 0.3989422804014327;
+    const float inv_sqrt_2pi = 0.3989422804014327f;
 #pragma omp parallel for if (n >= OPS_PAR_MIN)
     for (long i = 0; i < n; i++) {
-        double x = inp[i];
-        double cdf = 0.5 * (1.0 + erf(x * M_SQRT1_2));
-        double pdf = inv_sqrt_2pi * exp(-0.5 * x * x);
-        dinp[i] += (float)(dout[i] * (cdf + x * pdf));
+        float x = inp[i];
+        float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
+        float pdf = inv_sqrt_2pi * expf(-0.5f * x * x);
+        dinp[i] += dout[i] * (cdf + x * pdf);
     }
 }
 
