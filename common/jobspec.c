@@ -388,6 +388,9 @@ static const char *suggest(const char *bad, const char *const *valid, int nvalid
         if (strcasecmp(bad, aliases[a][0]) == 0)
             for (int i = 0; i < nvalid; i++)
                 if (strcmp(valid[i], aliases[a][1]) == 0) return valid[i];
+    size_t lb = strlen(bad);
+    for (int i = 0; i < nvalid && lb >= 3; i++) /* "vicuna" -> "vicuna_v1", "heartbeat" -> "heartbeat_ms" */
+        if (strncmp(valid[i], bad, lb) == 0) return valid[i];
     const char *best = NULL;
     int bestd = (int)strlen(bad) / 3;
     if (bestd < 2) bestd = 2;
@@ -752,7 +755,9 @@ static void validate_stage(pctx_t *c, const job_spec_t *spec, job_stage_t *st) {
     else if (!m->vision_tower && m->language_model)
         missing(c, spec, st, "model.vision_tower");
     else if (!m->llava && !m->vision_tower && !m->init_from)
-        missing(c, spec, st, "model.vision_tower' and 'model.language_model' (or 'model.llava', or 'model.init_from')");
+        perr(c, st->mark, "%s%s%smissing required keys 'model.vision_tower' and 'model.language_model' (or "
+             "'model.llava', or 'model.init_from')", spec->staged ? "stage '" : "", spec->staged ? st->name : "",
+             spec->staged ? "': " : "");
     RANGE(JOB_KEY_MODEL_VISION_SELECT_LAYER, m->vision_select_layer < -64 || m->vision_select_layer > 64,
           "must be in [-64, 64], got %d", m->vision_select_layer);
     if (!st->set[JOB_KEY_DATA_TRAIN]) missing(c, spec, st, "data.train");
