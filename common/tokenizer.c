@@ -531,13 +531,13 @@ static size_t ws_append(const tokenizer_t *t, char *o) {
 }
 
 /* Writes the normalized text into o (capacity 3*len + 8) and returns its length. */
-static size_t tok_normalize(const tokenizer_t *t, const char *in, size_t len, char *o) {
+static size_t tok_normalize(const tokenizer_t *t, const char *in, size_t len, int dummy, char *o) {
     size_t i = 0, w = 0;
     if (t->remove_extra_ws)
         while (i < len && in[i] == ' ') i++;
     if (i == len) return 0;
     int is_prev_space = t->remove_extra_ws;
-    if (!t->ws_suffix && t->add_dummy_prefix) w += ws_append(t, o + w);
+    if (dummy && !t->ws_suffix && t->add_dummy_prefix) w += ws_append(t, o + w);
     while (i < len) {
         const char *sp = in + i;
         size_t splen = ud_match(t, sp, len - i), consumed = splen;
@@ -577,7 +577,7 @@ static size_t tok_normalize(const tokenizer_t *t, const char *in, size_t len, ch
                 break;
         }
     }
-    if (t->ws_suffix && t->add_dummy_prefix) w += ws_append(t, o + w);
+    if (dummy && t->ws_suffix && t->add_dummy_prefix) w += ws_append(t, o + w);
     return w;
 }
 
@@ -749,18 +749,41 @@ cleanup:
     return rc;
 }
 
-int tokenizer_encode(const tokenizer_t *t, const char *text, size_t len, int add_bos, ids_t *out) {
+static int tok_encode(const tokenizer_t *t, const char *text, size_t len, int dummy, ids_t *out) {
     int rc = 0;
     char *norm = NULL;
-    if (add_bos && t->bos_id >= 0) RC_CHECK_GOTO(ids_push(out, t->bos_id));
     if (len == 0) return 0;
     norm = malloc(3 * len + 8);
     ALLOC_CHECK_GOTO(norm);
-    size_t n = tok_normalize(t, text, len, norm);
+    size_t n = tok_normalize(t, text, len, dummy, norm);
     RC_CHECK_GOTO(bpe_encode(t, norm, n, out));
 cleanup:
     free(norm);
     return rc;
+}
+
+int tokenizer_encode(const tokenizer_t *t, const char *text, size_t len, int add_bos, ids_t *out) {
+    if (add_bos && t->bos_id >= 0 && ids_push(out, t->bos_id) != 0) return LLAVA_ENOMEM;
+    return tok_encode(t, text, len, 1, out);
+}
+
+int tokenizer_encode_continue(const tokenizer_t *t, const char *text, size_t len, ids_t *out) {
+    return tok_encode(t, text, len, 0, out);
+}
+
+int tokenizer_match_special(const tokenizer_t *t, const char *s, size_t n, size_t *mlen) {
+    int hit = -1;
+    size_t hitlen = 0;
+    for (int k = 0; k < t->nspecial; k++) { /* longest special string at s (transformers' Trie) */
+        int id = t->special[k];
+        size_t pl = t->plen[id];
+        if (pl > hitlen && pl <= n && memcmp(s, t->blob + t->off[id], pl) == 0) {
+            hit = id;
+            hitlen = pl;
+        }
+    }
+    *mlen = hitlen;
+    return hit;
 }
 
 int tokenizer_encode_special(const tokenizer_t *t, const char *text, size_t len, int add_bos, ids_t *out) {
@@ -768,16 +791,8 @@ int tokenizer_encode_special(const tokenizer_t *t, const char *text, size_t len,
     size_t chunk = 0, i = 0;
     if (add_bos && t->bos_id >= 0) RC_CHECK_GOTO(ids_push(out, t->bos_id));
     while (i < len) {
-        int hit = -1;
-        size_t hitlen = 0;
-        for (int k = 0; k < t->nspecial; k++) { /* longest special string at i (transformers' Trie) */
-            int id = t->special[k];
-            size_t pl = t->plen[id];
-            if (pl > hitlen && pl <= len - i && memcmp(text + i, t->blob + t->off[id], pl) == 0) {
-                hit = id;
-                hitlen = pl;
-            }
-        }
+        size_t hitlen;
+        int hit = tokenizer_match_special(t, text + i, len - i, &hitlen);
         if (hit < 0) {
             i++;
             continue;

@@ -43,10 +43,18 @@ void tokenizer_free(tokenizer_t **p);
  *  Returns 0 or LLAVA_ENOMEM. */
 int tokenizer_encode(const tokenizer_t *t, const char *text, size_t len, int add_bos, ids_t *out);
 
+/** Same as tokenizer_encode without the dummy-prefix space: for text that continues a chunk already encoded
+ *  (whole-string BPE equals the concatenation when no piece spans the boundary). Never adds BOS. */
+int tokenizer_encode_continue(const tokenizer_t *t, const char *text, size_t len, ids_t *out);
+
 /** Encodes like transformers' slow LlamaTokenizer (legacy=True, as LLaVA loads it): the strings of the control
  *  pieces and the unknown piece ("<s>", "</s>", "<unk>") found in text become their ids; each text chunk between
  *  them is encoded with tokenizer_encode (so it gets its own dummy-prefix space). Appends to out. */
 int tokenizer_encode_special(const tokenizer_t *t, const char *text, size_t len, int add_bos, ids_t *out);
+
+/** If s[0..n) starts with the string of a control or unknown piece (longest first), returns its id and sets
+ *  *mlen; otherwise returns -1. The matching tokenizer_encode_special uses. */
+int tokenizer_match_special(const tokenizer_t *t, const char *s, size_t n, size_t *mlen);
 
 /** Decodes ids as spm_decode does (control ids vanish, byte pieces reassembled as UTF-8 with U+FFFD for invalid
  *  bytes, U+2581 -> ' ', the leading dummy space removed, unknown -> " \u2047 "). *out is a NUL-terminated
