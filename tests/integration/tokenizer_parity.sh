@@ -38,7 +38,10 @@ check() { # model lines
 # 1. The committed model (trained by tests/reference/make_tokenizer_fixtures.py).
 check "$fix/tokenizer.model" "$fix/lines.txt"
 
-# 2. A model trained here with this machine's spm_train: LLaMA-style options, a smaller vocabulary, more merges of
+# 2. The same with 40 UNUSED pieces appended (merged by BPE, then split back by sentencepiece).
+check "$fix/tokenizer_unused.model" "$fix/lines.txt"
+
+# 3. A model trained here with this machine's spm_train: LLaMA-style options, a smaller vocabulary, more merges of
 #    whitespace runs and digits left split.
 spm_train --input="$fix/lines.txt" --model_prefix="$tmp/local" --model_type=bpe --vocab_size=1200 \
     --byte_fallback=true --split_digits=true --normalization_rule_name=identity --add_dummy_prefix=true \

@@ -119,6 +119,10 @@ def line(r):
 
 
 def main():
+    if "--unused-only" in sys.argv:  # keep the committed model, remake only the UNUSED-piece variant
+        with open(os.path.join(OUT, "lines.txt"), encoding="utf-8") as f:
+            make_unused_variant(os.path.join(OUT, "tokenizer.model"), [l.rstrip("\n") for l in f])
+        return
     os.makedirs(OUT, exist_ok=True)
     r = random.Random(20261122)
     lines = [line(r) for _ in range(12000)]
@@ -148,6 +152,44 @@ def main():
         for s in lines[:400]:
             f.write(" ".join(str(i) for i in sp.encode(s)) + "\n")
     print("lines", len(lines), "vocab", sp.get_piece_size(), file=sys.stderr)
+    make_unused_variant(prefix + ".model", lines)
+
+
+def pb_piece(piece, score, type_):
+    """A serialized ModelProto field 1 (SentencePiece {piece, score, type})."""
+    import struct
+    body = piece.encode("utf-8")
+    msg = bytes([0x0a, len(body)]) + body + b"\x15" + struct.pack("<f", score) + bytes([0x18, type_])
+    return bytes([0x0a, len(msg)]) + msg
+
+
+def make_unused_variant(model_file, lines):
+    """tokenizer_unused.model: the model plus UNUSED pieces that BPE merges first and sentencepiece then splits
+    back (bpe_model.cc rev_merge), and expected ids for it."""
+    import collections
+    import sentencepiece as spm
+    proto = open(model_file, "rb").read()
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    pairs = collections.Counter()
+    for s in lines[:3000]:
+        p = sp.encode(s, out_type=str)
+        pairs.update(a + b for a, b in zip(p, p[1:]) if len(a + b) <= 8)
+    extra = b""
+    added = 0
+    for piece, _ in pairs.most_common():
+        if sp.piece_to_id(piece) != sp.unk_id() or "<" in piece:
+            continue
+        extra += pb_piece(piece, 0.5 - 0.01 * added, 5)
+        added += 1
+        if added == 40:
+            break
+    out = os.path.join(OUT, "tokenizer_unused.model")
+    with open(out, "wb") as f:
+        f.write(proto + extra)
+    sp2 = spm.SentencePieceProcessor(model_file=out)
+    with open(os.path.join(OUT, "expected_unused_ids.txt"), "w", encoding="utf-8") as f:
+        for s in lines[:2000]:
+            f.write(" ".join(str(i) for i in sp2.encode(s)) + "\n")
 
 
 if __name__ == "__main__":

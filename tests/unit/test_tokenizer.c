@@ -157,6 +157,23 @@ static void test_fixture_parity(const tokenizer_t *t) {
     lines_free(&expected);
 }
 
+/* UNUSED pieces: BPE merges them, then sentencepiece splits them back into the merged halves (rev_merge). */
+static void test_unused_parity(void) {
+    tokenizer_t *t = NULL;
+    lines_t lines, expected;
+    CHECK_RC(tokenizer_load(FIX "tokenizer_unused.model", &t), 0);
+    if (!t || lines_read(FIX "lines.txt", &lines) != 0 || lines_read(FIX "expected_unused_ids.txt", &expected) != 0) {
+        CHECK(0);
+        tokenizer_free(&t);
+        return;
+    }
+    CHECK(expected.n >= 2000);
+    compare_encode(t, &lines, &expected, NULL, 1);
+    lines_free(&lines);
+    lines_free(&expected);
+    tokenizer_free(&t);
+}
+
 static void expect_ids(const tokenizer_t *t, const char *text, int special, int bos, const char *want) {
     ids_t ids = {0}, w = {0};
     char got[4096];
@@ -351,6 +368,7 @@ int main(void) {
     test_basics(t);
     test_decode(t);
     test_fixture_parity(t);
+    test_unused_parity();
     test_load_errors();
     test_ids();
     test_cli();
