@@ -173,7 +173,8 @@ static int optional_tensor(const char *name) {
 }
 
 /* Copies every tensor of the set whose mapped name is in m->params; marks loaded[]. Counts problems. */
-static int load_set(llava_model_t *m, const char *dir, src_kind_t kind, char *loaded, int *problems) {
+static int load_set(llava_model_t *m, const char *dir, src_kind_t kind, char *loaded, int *problems,
+                    int *shape_problems) {
     int rc = 0;
     st_set_t *s = NULL;
     char name[TENSOR_NAME_MAX * 2], sh[96];
@@ -201,12 +202,16 @@ static int load_set(llava_model_t *m, const char *dir, src_kind_t kind, char *lo
             strncat(got, "]", sizeof got - strlen(got) - 1);
             LOG_E("%s: tensor '%s' has shape %s, the config wants %s", dir, t->name, got,
                   tensor_shape_str(dst, sh, sizeof sh));
+            loaded[idx] = 2; /* present but unusable: reported here, not again as missing */
             (*problems)++;
+            (*shape_problems)++;
             continue;
         }
         if (t->dtype != DT_F32 && t->dtype != DT_F16 && t->dtype != DT_BF16) {
             LOG_E("%s: tensor '%s' has dtype %s (want F32, F16 or BF16)", dir, t->name, dtype_name(t->dtype));
+            loaded[idx] = 2;
             (*problems)++;
+            (*shape_problems)++;
             continue;
         }
         RC_CHECK_GOTO(st_tensor_to_f32(t, (float *)dst->data, tensor_numel(dst)));
@@ -271,24 +276,33 @@ cleanup:
     return rc;
 }
 
+int llava_config_read(const char *path, llava_config_t *cfg, proj_type_t *pt) {
+    int rc = 0;
+    RC_CHECK_GOTO(hfconfig_read(path, cfg));
+    CHECK_GOTO(strcmp(cfg->model_type, "llava") == 0, LLAVA_ECONFIG, "%s: model_type '%s' is not 'llava'", path,
+               cfg->model_type);
+    RC_CHECK_GOTO(read_projector_type(path, pt));
+    RC_CHECK_GOTO(check_config(cfg));
+cleanup:
+    return rc;
+}
+
 int llava_model_load(const char *dir, llava_model_t **out) {
-    int rc = 0, problems = 0;
+    int rc = 0, problems = 0, shape_problems = 0;
     llava_model_t *m = NULL;
     char *loaded = NULL;
     char path[4096];
     llava_config_t cfg;
     proj_type_t pt;
     snprintf(path, sizeof path, "%s/config.json", dir);
-    RC_CHECK_GOTO(hfconfig_read(path, &cfg));
-    CHECK_GOTO(strcmp(cfg.model_type, "llava") == 0, LLAVA_ECONFIG, "%s: model_type '%s' is not 'llava'", path,
-               cfg.model_type);
-    RC_CHECK_GOTO(read_projector_type(path, &pt));
+    RC_CHECK_GOTO(llava_config_read(path, &cfg, &pt));
     RC_CHECK_GOTO(model_create(&cfg, pt, &m));
     loaded = calloc((size_t)arena_count(m->params), 1);
     ALLOC_CHECK_GOTO(loaded);
-    RC_CHECK_GOTO(load_set(m, dir, SRC_LLAVA, loaded, &problems));
+    RC_CHECK_GOTO(load_set(m, dir, SRC_LLAVA, loaded, &problems, &shape_problems));
     problems += report_missing(m, dir, NULL, loaded);
-    CHECK_GOTO(problems == 0, LLAVA_ENOTFOUND, "%s: %d tensor problem(s), listed above", dir, problems);
+    CHECK_GOTO(problems == 0, problems == shape_problems ? LLAVA_ESHAPE : LLAVA_ENOTFOUND,
+               "%s: %d tensor problem(s), listed above", dir, problems);
     fill_optional_norms(m, loaded);
     *out = m;
     m = NULL;
@@ -300,7 +314,7 @@ cleanup:
 
 int llava_model_load_parts(const char *clip_dir, const char *llama_dir, const llava_load_opts_t *opts,
                            llava_model_t **out) {
-    int rc = 0, problems = 0;
+    int rc = 0, problems = 0, shape_problems = 0;
     llava_model_t *m = NULL;
     char *loaded = NULL;
     char path[4096];
@@ -323,12 +337,13 @@ int llava_model_load_parts(const char *clip_dir, const char *llama_dir, const ll
     RC_CHECK_GOTO(model_create(&cfg, opts->projector, &m));
     loaded = calloc((size_t)arena_count(m->params), 1);
     ALLOC_CHECK_GOTO(loaded);
-    RC_CHECK_GOTO(load_set(m, clip_dir, SRC_CLIP, loaded, &problems));
+    RC_CHECK_GOTO(load_set(m, clip_dir, SRC_CLIP, loaded, &problems, &shape_problems));
     problems += report_missing(m, clip_dir, CLIP_PREFIX, loaded);
-    RC_CHECK_GOTO(load_set(m, llama_dir, SRC_LLAMA, loaded, &problems));
+    RC_CHECK_GOTO(load_set(m, llama_dir, SRC_LLAMA, loaded, &problems, &shape_problems));
     problems += report_missing(m, llama_dir, LLAMA_PREFIX, loaded);
     if (!m->cfg.tie_word_embeddings) problems += report_missing(m, llama_dir, LLAMA_HEAD_NAME, loaded);
-    CHECK_GOTO(problems == 0, LLAVA_ENOTFOUND, "%d tensor problem(s), listed above", problems);
+    CHECK_GOTO(problems == 0, problems == shape_problems ? LLAVA_ESHAPE : LLAVA_ENOTFOUND,
+               "%d tensor problem(s), listed above", problems);
     fill_optional_norms(m, loaded);
     uint64_t rng = opts->seed * 0x2545F4914F6CDD1Dull + 7;
     projector_init_random(&m->proj, cfg.text.initializer_range, &rng);
@@ -343,11 +358,12 @@ cleanup:
 /* ---------------------------------------------------------------------------------------------------------- */
 /* Saving                                                                                                     */
 
+/* Adds "mm_projector_type": "linear" to the config hfconfig_write_llava wrote, as text after the opening brace (a
+ * cJSON round trip would print 1.0 as 1, which transformers' strict float fields refuse). */
 static int add_projector_type(const char *path) {
     int rc = 0;
-    char *text = NULL, *outtext = NULL;
-    cJSON *root = NULL;
-    FILE *f = fopen(path, "rb");
+    char *text = NULL, tmp[4200];
+    FILE *f = fopen(path, "rb"), *o = NULL;
     CHECK_GOTO(f, LLAVA_EIO, "cannot open %s: %s", path, strerror(errno));
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
@@ -356,23 +372,21 @@ static int add_projector_type(const char *path) {
     ALLOC_CHECK_GOTO(text);
     CHECK_GOTO(n >= 0 && fread(text, 1, (size_t)n, f) == (size_t)n, LLAVA_EIO, "cannot read %s", path);
     text[n] = 0;
-    fclose(f);
-    f = NULL;
-    root = cJSON_Parse(text);
-    CHECK_GOTO(root, LLAVA_EFORMAT, "%s: not JSON", path);
-    cJSON_AddStringToObject(root, "mm_projector_type", "linear");
-    outtext = cJSON_Print(root);
-    ALLOC_CHECK_GOTO(outtext);
-    f = fopen(path, "wb");
-    CHECK_GOTO(f, LLAVA_EIO, "cannot write %s: %s", path, strerror(errno));
-    CHECK_GOTO(fputs(outtext, f) >= 0 && fputc('\n', f) != EOF, LLAVA_EIO, "cannot write %s", path);
-    CHECK_GOTO(fclose(f) == 0, LLAVA_EIO, "cannot close %s", path);
-    f = NULL;
+    char *brace = strchr(text, '{');
+    CHECK_GOTO(brace, LLAVA_EFORMAT, "%s: not a JSON object", path);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    o = fopen(tmp, "wb");
+    CHECK_GOTO(o, LLAVA_EIO, "cannot write %s: %s", tmp, strerror(errno));
+    int ok = fwrite(text, 1, (size_t)(brace - text + 1), o) == (size_t)(brace - text + 1) &&
+             fputs("\n\t\"mm_projector_type\":\t\"linear\",", o) >= 0 && fputs(brace + 1, o) >= 0;
+    ok = (fclose(o) == 0) && ok;
+    o = NULL;
+    CHECK_GOTO(ok, LLAVA_EIO, "cannot write %s", tmp);
+    CHECK_GOTO(rename(tmp, path) == 0, LLAVA_EIO, "cannot rename %s: %s", tmp, strerror(errno));
 cleanup:
     if (f) fclose(f);
-    cJSON_Delete(root);
+    if (o) fclose(o);
     free(text);
-    free(outtext);
     return rc;
 }
 

@@ -61,10 +61,15 @@ typedef struct {
 /** Defaults for load_parts: mlp2x_gelu, layer -2, "default", image token 32000, seed 0. */
 void llava_load_opts_default(llava_load_opts_t *o);
 
+/** Reads a LLaVA config.json (model_type "llava") and its projector type ("mm_projector_type", default
+ *  mlp2x_gelu), and checks that this implementation supports it. Returns 0, LLAVA_EIO, LLAVA_ECONFIG or
+ *  LLAVA_EUNSUPPORTED. */
+int llava_config_read(const char *path, llava_config_t *cfg, proj_type_t *pt);
 /** Loads a Hugging Face LLaVA directory (config.json + model.safetensors or a sharded index; legacy or new-style
  *  names; F32/F16/BF16 converted to f32). The projector type comes from config.json "mm_projector_type"
  *  ("linear" or "mlp2x_gelu"; absent = mlp2x_gelu, HF's only one). Every missing, unexpected or mis-shaped tensor
- *  is logged by name. Returns 0 and *out, LLAVA_EIO, LLAVA_ECONFIG, LLAVA_ENOTFOUND, LLAVA_ESHAPE, LLAVA_EFORMAT,
+ *  is logged by name. Returns 0 and *out, LLAVA_EIO, LLAVA_ECONFIG, LLAVA_ENOTFOUND (a tensor missing or
+ *  unexpected), LLAVA_ESHAPE (only shape/dtype problems), LLAVA_EFORMAT,
  *  LLAVA_EUNSUPPORTED (an activation other than quick_gelu/gelu/silu) or LLAVA_ENOMEM. Free with llava_model_free. */
 int llava_model_load(const char *dir, llava_model_t **out);
 /** Builds a model from a CLIP directory (CLIPModel or CLIPVisionModel; text model and post_layernorm ignored), a

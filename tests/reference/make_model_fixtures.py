@@ -168,6 +168,43 @@ def adam(model, case, ids, labels, mask, pixels, exp):
     exp["adamw.lrs"] = torch.tensor(lrs, dtype=torch.float64)
 
 
+def bad_batches(case_dir):
+    """Malformed variants of mha_linear's batch for tests/integration/model_step.sh (each must be refused)."""
+    from safetensors.torch import load_file
+    good = load_file(os.path.join(case_dir, "batch.safetensors"))
+    d = os.path.join(OUT, "bad")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(d)
+    variants = {}
+    v = dict(good)
+    v["attention_mask"] = good["attention_mask"].flip(1).contiguous()  # left padding
+    variants["left_padding"] = v
+    v = dict(good)
+    del v["labels"]
+    variants["no_labels"] = v
+    v = dict(good)
+    v["labels"] = good["labels"][:, :-1].contiguous()
+    variants["labels_shape"] = v
+    v = dict(good)
+    v["input_ids"] = good["input_ids"].int()
+    variants["ids_dtype"] = v
+    v = dict(good)
+    ids = good["input_ids"].clone()
+    ids[0, 1] = 5  # the first image token: 3 tokens for 4 patches
+    v["input_ids"] = ids
+    variants["image_count"] = v
+    v = dict(good)
+    ids = good["input_ids"].clone()
+    ids[1, 2] = 1000
+    v["input_ids"] = ids
+    variants["oov"] = v
+    v = dict(good)
+    v["pixel_values"] = torch.zeros(1, 3, 42, 42)
+    variants["image_size"] = v
+    for name, t in variants.items():
+        save_file(t, os.path.join(d, name + ".safetensors"), metadata={"format": "pt"})
+
+
 def main():
     torch.manual_seed(20261122)
     for cname, case in CASES.items():
@@ -190,13 +227,15 @@ def main():
         with open(os.path.join(d, "expected.json"), "w") as f:
             json.dump({"loss": exp["loss"].item(), "n_targets": int(exp["n_targets"].item()), **meta}, f, indent=1)
         print(cname, "loss", meta["loss"], "targets", int(exp["n_targets"].item()))
+    bad_batches(os.path.join(OUT, "mha_linear"))
     with open(os.path.join(OUT, "README.md"), "w") as f:
         f.write("# Model parity fixtures\n\nMade by `python3 tests/reference/make_model_fixtures.py` (from the repo "
                 f"root) with transformers {transformers.__version__} and torch {torch.__version__}, CPU, fp32, "
                 "eager attention.\nEach case: `model/` (save_pretrained), `batch.safetensors` (pixel_values, "
                 "input_ids, labels, attention_mask), `expected.safetensors` (vision_features, projector_out, "
                 "logits, loss, grad.<mode>.<param> of the mean loss, adamw.<param> after three AdamW steps with "
-                "clip 1.0 and cosine warmup 1 / total 4 at lr 1e-3), `expected.json` (the loss in full precision).\n")
+                "clip 1.0 and cosine warmup 1 / total 4 at lr 1e-3), `expected.json` (the loss in full precision).\n"
+                "`bad/*.safetensors`: malformed variants of mha_linear's batch that `llava-model step` must refuse.\n")
 
 
 if __name__ == "__main__":
