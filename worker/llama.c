@@ -96,7 +96,7 @@ void llama_init_random(llama_t *m, uint64_t *rng) {
     if (!c->tie_word_embeddings) mu_normal(m->lm_head, V * C, sd, rng);
 }
 
-int llama_acts_plan(arena_t *a, const llama_config_t *c, int B, int T) {
+int llama_acts_plan(arena_t *a, const llama_config_t *c, int B, int T, int64_t probs_per_layer) {
     int rc = 0;
     int64_t N = (int64_t)B * T, L = c->num_hidden_layers, C = c->hidden_size, I = c->intermediate_size;
     int64_t HS = head_dim(c), QD = c->num_attention_heads * HS, KD = c->num_key_value_heads * HS;
@@ -106,9 +106,9 @@ int llama_acts_plan(arena_t *a, const llama_config_t *c, int B, int T) {
         {"resid", (L + 1) * N * C}, {"resid_mid", L * N * C}, {"ln1", L * N * C}, {"ln2", L * N * C},
         {"rstd1", L * N}, {"rstd2", L * N}, {"q", L * N * QD}, {"att", L * N * QD}, {"k", L * N * KD},
         {"v", L * N * KD}, {"gate", L * N * I}, {"up", L * N * I}, {"sw", L * N * I}, {"lnf", N * C},
-        {"rstdf", N}, {"logits", N * c->vocab_size}, {"tmp", N * W}, {"d1", N * C}, {"d2", N * C},
+        {"rstdf", N}, {"logits", N * c->vocab_size}, {"lnsel", N * C}, {"tmp", N * W}, {"d1", N * C}, {"d2", N * C},
         {"dq", N * QD}, {"dq2", N * QD}, {"dk", N * KD}, {"dk2", N * KD}, {"dv", N * KD}, {"dgate", N * I},
-        {"dup", N * I}, {"dsw", N * I}};
+        {"dup", N * I}, {"dsw", N * I}, {"probs", L * probs_per_layer + 1}};
     for (size_t i = 0; i < sizeof t / sizeof *t; i++) {
         int r = mu_add(a, "llama.", t[i].name, t[i].n, 0, 0, 0);
         CHECK_GOTO(r >= 0, r, "cannot plan activation llama.%s", t[i].name);
@@ -117,17 +117,20 @@ cleanup:
     return rc;
 }
 
-void llama_acts_bind(llama_acts_t *s, arena_t *a, int B, int T) {
+void llama_acts_bind(llama_acts_t *s, arena_t *a, const llama_config_t *c, int B, int T) {
     s->B = B;
     s->T = T;
+    tensor_t *pt = arena_get(a, "llama.probs");
+    s->probs_cap = pt ? (tensor_numel(pt) - 1) / c->num_hidden_layers : 0;
 #define G(f) s->f = mu_get(a, "llama.", #f)
     G(resid); G(resid_mid); G(ln1); G(ln2); G(rstd1); G(rstd2); G(q); G(att); G(k); G(v); G(gate); G(up); G(sw);
-    G(lnf); G(rstdf); G(logits); G(tmp); G(d1); G(d2); G(dq); G(dq2); G(dk); G(dk2); G(dv); G(dgate); G(dup);
-    G(dsw);
+    G(lnf); G(rstdf); G(logits); G(lnsel); G(tmp); G(d1); G(d2); G(dq); G(dq2); G(dk); G(dk2); G(dv); G(dgate); G(dup);
+    G(dsw); G(probs);
 #undef G
+    if ((int64_t)B * c->num_attention_heads * T * T > s->probs_cap || s->probs_cap == 0) s->probs = NULL;
 }
 
-int llama_forward(const llama_t *m, llama_acts_t *s, const int32_t *lengths) {
+int llama_forward(const llama_t *m, llama_acts_t *s, const int32_t *lengths, const int32_t *rows, int n_rows) {
     int rc = 0;
     const llama_config_t *c = &m->cfg;
     int B = s->B, T = s->T, N = B * T, C = c->hidden_size, I = c->intermediate_size, V = c->vocab_size;
@@ -146,7 +149,8 @@ int llama_forward(const llama_t *m, llama_acts_t *s, const int32_t *lengths) {
         matmul_forward(v, ln1, W->v_w, NULL, N, C, KD);
         rope_forward(q, q, NULL, B, T, NH, HS, theta);
         rope_forward(k, k, NULL, B, T, NKV, HS, theta);
-        RC_CHECK_GOTO(attention_forward(att, NULL, q, k, v, lengths, B, T, NH, NKV, HS, 1));
+        float *probs = s->probs ? s->probs + (size_t)l * B * NH * T * T : NULL;
+        RC_CHECK_GOTO(attention_forward(att, probs, q, k, v, lengths, B, T, NH, NKV, HS, 1));
         matmul_forward(s->tmp, att, W->o_w, NULL, N, QD, C);
         residual_forward(mid, x, s->tmp, (long)NC);
         rmsnorm_forward(ln2, s->rstd2 + (size_t)l * N, mid, W->ln2_w, N, C, eps);
@@ -157,7 +161,16 @@ int llama_forward(const llama_t *m, llama_acts_t *s, const int32_t *lengths) {
         residual_forward(x + NC, mid, s->tmp, (long)NC);
     }
     rmsnorm_forward(s->lnf, s->rstdf, s->resid + (size_t)c->num_hidden_layers * NC, m->norm_w, N, C, eps);
-    matmul_forward(s->logits, s->lnf, m->lm_head, NULL, N, C, V);
+    s->rows = rows;
+    s->n_rows = rows ? n_rows : N;
+    if (rows) {
+        if (n_rows == 0) goto cleanup;
+        for (int i = 0; i < n_rows; i++)
+            memcpy(s->lnsel + (size_t)i * C, s->lnf + (size_t)rows[i] * C, (size_t)C * sizeof(float));
+        matmul_forward(s->logits, s->lnsel, m->lm_head, NULL, n_rows, C, V);
+    } else {
+        matmul_forward(s->logits, s->lnf, m->lm_head, NULL, N, C, V);
+    }
 cleanup:
     return rc;
 }
@@ -176,7 +189,15 @@ int llama_backward(const llama_t *m, const llama_t *g, llama_acts_t *s, const in
     float *dres = dx, *dln = s->d1;
     /* Head and final norm. dlogits is in s->logits. */
     memset(dln, 0, NC * sizeof(float));
-    matmul_backward(dln, GP(lm_head), NULL, s->logits, s->lnf, m->lm_head, N, C, V);
+    if (s->rows) {
+        float *dsel = s->d2;
+        memset(dsel, 0, (size_t)s->n_rows * C * sizeof(float));
+        matmul_backward(dsel, GP(lm_head), NULL, s->logits, s->lnsel, m->lm_head, s->n_rows, C, V);
+        for (int i = 0; i < s->n_rows; i++)
+            memcpy(dln + (size_t)s->rows[i] * C, dsel + (size_t)i * C, (size_t)C * sizeof(float));
+    } else {
+        matmul_backward(dln, GP(lm_head), NULL, s->logits, s->lnf, m->lm_head, N, C, V);
+    }
     memset(dres, 0, NC * sizeof(float));
     rmsnorm_backward(dres, GP(norm_w), dln, s->resid + (size_t)L * NC, m->norm_w, s->rstdf, N, C);
     for (int l = L - 1; l >= 0; l--) {
@@ -200,7 +221,8 @@ int llama_backward(const llama_t *m, const llama_t *g, llama_acts_t *s, const in
         memset(s->dq, 0, NQ * sizeof(float));
         memset(s->dk, 0, NK * sizeof(float));
         memset(s->dv, 0, NK * sizeof(float));
-        RC_CHECK_GOTO(attention_backward(s->dq, s->dk, s->dv, s->tmp, NULL, q, k, v, lengths, B, T, NH, NKV, HS, 1));
+        const float *probs = s->probs ? s->probs + (size_t)l * B * NH * T * T : NULL;
+        RC_CHECK_GOTO(attention_backward(s->dq, s->dk, s->dv, s->tmp, probs, q, k, v, lengths, B, T, NH, NKV, HS, 1));
         memset(s->dq2, 0, NQ * sizeof(float));
         memset(s->dk2, 0, NK * sizeof(float));
         rope_backward(s->dq2, s->dq, NULL, B, T, NH, HS, theta);

@@ -44,7 +44,12 @@ typedef struct {
     float *gate, *up, *sw; /* [L, N, I] */
     float *lnf;       /* [N, C] */
     float *rstdf;     /* [N] */
-    float *logits;    /* [N, V]; overwritten by dlogits in the backward */
+    float *logits;    /* [rows, V] (rows = N, or the selected rows); overwritten by dlogits in the backward */
+    float *probs;     /* [L, B*NH*T*T] saved softmax for the backward, or NULL (recomputed) */
+    int64_t probs_cap; /* per-layer elements the arena holds for probs (0: none) */
+    float *lnsel;     /* [N, C] final-norm output of the selected rows */
+    const int32_t *rows; /* rows given to llama_forward (NULL = all) and their count */
+    int n_rows;
     float *tmp;       /* [N, max(C, I, NH*HS)] scratch */
     float *d1, *d2;   /* [N, C] backward scratch */
     float *dq, *dq2;  /* [N, NH*HS] */
@@ -60,14 +65,18 @@ void llama_release(llama_t *m);
 /** HF init: normal(0, initializer_range) for linears and embeddings, ones for norms. */
 void llama_init_random(llama_t *m, uint64_t *rng);
 
-/** Plans the activation tensors for B x T. Returns 0 or an arena_add error. */
-int llama_acts_plan(arena_t *a, const llama_config_t *c, int B, int T);
-void llama_acts_bind(llama_acts_t *s, arena_t *a, int B, int T);
+/** Plans the activation tensors for B x T, plus probs_per_layer floats per layer for saved attention
+ *  probabilities (0: none; the backward then recomputes them). Returns 0 or an arena_add error. */
+int llama_acts_plan(arena_t *a, const llama_config_t *c, int B, int T, int64_t probs_per_layer);
+/** Points s into a for a B x T batch (which must fit the planned size); probs are used when B*NH*T*T fits. */
+void llama_acts_bind(llama_acts_t *s, arena_t *a, const llama_config_t *c, int B, int T);
 
 /** Runs the decoder on acts->resid[0] (the input embeddings [N,C], filled by the caller) up to acts->logits.
- *  lengths[B]: real tokens per row (right padding). Returns 0 or an attention error. */
-int llama_forward(const llama_t *m, llama_acts_t *s, const int32_t *lengths);
-/** Backward from dlogits (in s->logits) to dx[N,C] (WRITTEN: the gradient of the input embeddings); weight
+ *  lengths[B]: real tokens per row (right padding). rows: when not NULL, logits only for these n_rows token rows
+ *  (ascending indices into N; the loss needs only rows with a target, which skips the lm_head for image and
+ *  prompt tokens), else for all N. Returns 0 or an attention error. */
+int llama_forward(const llama_t *m, llama_acts_t *s, const int32_t *lengths, const int32_t *rows, int n_rows);
+/** Backward from dlogits (in s->logits, the rows llama_forward computed) to dx[N,C] (WRITTEN: the gradient of the input embeddings); weight
  *  gradients ACCUMULATE into g where g's pointers are not NULL (g may be NULL: frozen LLM). */
 int llama_backward(const llama_t *m, const llama_t *g, llama_acts_t *s, const int32_t *lengths, float *dx);
 

@@ -65,6 +65,7 @@ static int model_create(const llava_config_t *cfg, proj_type_t pt, llava_model_t
     m->cfg.tie_word_embeddings = m->cfg.text.tie_word_embeddings;
     if (m->cfg.text.head_dim <= 0) m->cfg.text.head_dim = m->cfg.text.hidden_size / m->cfg.text.num_attention_heads;
     m->proj_type = pt;
+    m->attn_probs_budget = LLAVA_ATTN_PROBS_BUDGET;
     int np = (cfg->vision.image_size / cfg->vision.patch_size) * (cfg->vision.image_size / cfg->vision.patch_size);
     m->feat_rows = np + (strcmp(cfg->vision_feature_select_strategy, "full") == 0);
     m->params = arena_new("params");
@@ -463,7 +464,10 @@ static int acts_ensure(llava_model_t *m, int B, int T, int n_images) {
     int64_t M = (int64_t)(capi > 0 ? capi : 1) * m->feat_rows, H = m->cfg.text.hidden_size;
     m->acts = arena_new("activations");
     ALLOC_CHECK_GOTO(m->acts);
-    RC_CHECK_GOTO(llama_acts_plan(m->acts, &m->cfg.text, 1, (int)capn));
+    /* Saved attention probabilities skip the recomputation in the backward when they fit the budget. */
+    int64_t probs = (int64_t)B * m->cfg.text.num_attention_heads * T * T;
+    if (probs * m->cfg.text.num_hidden_layers * (int64_t)sizeof(float) > m->attn_probs_budget) probs = 0;
+    RC_CHECK_GOTO(llama_acts_plan(m->acts, &m->cfg.text, 1, (int)capn, probs));
     struct { const char *name; int64_t n; } t[] = {
         {"feats", M * m->cfg.vision.hidden_size}, {"pout", M * H},
         {"pacts", (int64_t)projector_acts_floats(&m->proj, (int)M) + 1}, {"dpout", M * H}, {"pscratch", 2 * M * H},
@@ -472,8 +476,8 @@ static int acts_ensure(llava_model_t *m, int B, int T, int n_images) {
         int r = mu_add(m->acts, "", t[i].name, t[i].n, 0, 0, 0);
         CHECK_GOTO(r >= 0, r, "cannot plan activation %s", t[i].name);
     }
-    const char *ints[] = {"ids_emb", "ids_bwd", "targets"};
-    for (int i = 0; i < 3; i++) {
+    const char *ints[] = {"ids_emb", "ids_bwd", "targets", "loss_rows"};
+    for (int i = 0; i < 4; i++) {
         int r = arena_add(m->acts, ints[i], DT_I32, 1, &capn);
         CHECK_GOTO(r >= 0, r, "cannot plan activation %s", ints[i]);
     }
@@ -481,7 +485,7 @@ static int acts_ensure(llava_model_t *m, int B, int T, int n_images) {
     m->acts_cap_n = capn;
     m->acts_cap_images = capi;
 bind:
-    llama_acts_bind(&m->la, m->acts, B, T);
+    llama_acts_bind(&m->la, m->acts, &m->cfg.text, B, T);
     m->feats = mu_get(m->acts, "", "feats");
     m->pout = mu_get(m->acts, "", "pout");
     m->pacts = mu_get(m->acts, "", "pacts");
@@ -492,6 +496,7 @@ bind:
     m->ids_emb = (int32_t *)arena_get(m->acts, "ids_emb")->data;
     m->ids_bwd = (int32_t *)arena_get(m->acts, "ids_bwd")->data;
     m->targets = (int32_t *)arena_get(m->acts, "targets")->data;
+    m->loss_rows = (int32_t *)arena_get(m->acts, "loss_rows")->data;
 cleanup:
     if (rc) arena_free(&m->acts);
     return rc;
@@ -535,7 +540,9 @@ cleanup:
     return rc;
 }
 
-static int forward(llava_model_t *m, const batch_t *b) {
+/* Runs everything up to the logits: of all rows (loss_rows 0), or only of rows with a target (loss_rows 1; their
+ * targets compacted into m->targets[0..m->n_loss_rows)). */
+static int forward(llava_model_t *m, const batch_t *b, int loss_rows) {
     int rc = 0;
     int B = b->B, T = b->T, N = B * T, H = m->cfg.text.hidden_size, V = m->cfg.text.vocab_size;
     int M = b->n_images * m->feat_rows;
@@ -552,6 +559,14 @@ static int forward(llava_model_t *m, const batch_t *b) {
             m->targets[i] = t + 1 < b->lengths[r] ? b->labels[i + 1] : LLAVA_IGNORE_INDEX;
         }
     }
+    m->n_loss_rows = 0;
+    if (loss_rows) {
+        for (int i = 0; i < N; i++) {
+            if (m->targets[i] == LLAVA_IGNORE_INDEX) continue;
+            m->loss_rows[m->n_loss_rows] = i;
+            m->targets[m->n_loss_rows++] = m->targets[i]; /* compacting in place: index only grows */
+        }
+    }
     embedding_forward(m->la.resid, m->ids_emb, m->llm.embed, N, H);
     if (M > 0) {
         RC_CHECK_GOTO(clip_forward(&m->clip, m->feats, b->pixel_values, b->n_images, m->cfg.vision_feature_layer,
@@ -559,13 +574,13 @@ static int forward(llava_model_t *m, const batch_t *b) {
         projector_forward(&m->proj, m->pout, m->pacts, m->feats, M);
         RC_CHECK_GOTO(image_scatter_forward(m->la.resid, b->input_ids, img, m->pout, N, H, M));
     }
-    RC_CHECK_GOTO(llama_forward(&m->llm, &m->la, b->lengths));
+    RC_CHECK_GOTO(llama_forward(&m->llm, &m->la, b->lengths, loss_rows ? m->loss_rows : NULL, m->n_loss_rows));
 cleanup:
     return rc;
 }
 
 int llava_forward_logits(llava_model_t *m, const batch_t *b, float **logits_out) {
-    int rc = forward(m, b);
+    int rc = forward(m, b, 0);
     if (rc == 0 && logits_out) *logits_out = m->la.logits;
     return rc;
 }
@@ -577,12 +592,12 @@ int llava_forward_backward(llava_model_t *m, const batch_t *b, train_mode_t mode
     int64_t nt = 0;
     RC_CHECK_GOTO(grads_ensure(m, mode));
     if (!accumulate) llava_grads_zero(m);
-    RC_CHECK_GOTO(forward(m, b));
+    RC_CHECK_GOTO(forward(m, b, 1));
     int N = b->B * b->T, H = m->cfg.text.hidden_size, V = m->cfg.text.vocab_size;
-    int M = b->n_images * m->feat_rows;
-    crossentropy_forward(NULL, m->la.logits, m->targets, N, V, &ls, &nt);
-    crossentropy_backward(m->la.logits, m->la.logits, m->targets, N, V, 1.0f);
-    if (mode == TRAIN_PROJECTOR && M == 0) goto done; /* nothing trainable is reached */
+    int M = b->n_images * m->feat_rows, R = m->n_loss_rows;
+    crossentropy_forward(NULL, m->la.logits, m->targets, R, V, &ls, &nt);
+    crossentropy_backward(m->la.logits, m->la.logits, m->targets, R, V, 1.0f);
+    if ((mode == TRAIN_PROJECTOR && M == 0) || R == 0) goto done; /* no gradient reaches a trainable tensor */
     RC_CHECK_GOTO(llama_backward(&m->llm, mode == TRAIN_ALL ? &m->gllm : NULL, &m->la, b->lengths, m->dx));
     if (mode == TRAIN_ALL) embedding_backward(m->gllm.embed, m->dx, m->ids_bwd, N, H);
     if (M > 0) {

@@ -24,6 +24,10 @@
 
 typedef enum { TRAIN_PROJECTOR = 0, TRAIN_ALL = 1 } train_mode_t;
 
+/* Default bytes of attention probabilities the forward may keep for the backward (all layers); above it the
+ * backward recomputes them (memory-lean). Set llava_model_t.attn_probs_budget before the first step to change. */
+#define LLAVA_ATTN_PROBS_BUDGET ((int64_t)256 << 20)
+
 typedef struct llava_model {
     llava_config_t cfg;
     proj_type_t proj_type;
@@ -39,6 +43,7 @@ typedef struct llava_model {
     llama_t gllm;            /* pointers NULL in TRAIN_PROJECTOR mode */
     arena_t *adam_m, *adam_v;
     int adam_t;              /* AdamW steps taken */
+    int64_t attn_probs_budget; /* see LLAVA_ATTN_PROBS_BUDGET */
     /* activations */
     arena_t *acts;
     int64_t acts_cap_n;      /* B*T the arena fits */
@@ -48,6 +53,8 @@ typedef struct llava_model {
     float *pout;             /* [images*feat_rows, H] projector output */
     float *pacts, *dpout, *pscratch, *clip_scratch, *dx;
     int32_t *ids_emb, *ids_bwd, *targets; /* [B*T] */
+    int32_t *loss_rows;      /* [B*T]: rows with a target (the training forward computes only their logits) */
+    int n_loss_rows;
 } llava_model_t;
 
 typedef struct {
