@@ -11,6 +11,7 @@
 #include "kernels/cpu/ops.h"
 #include "worker/batchfile.h"
 #include "worker/model_llava.h"
+#include "worker/omp_policy.h"
 
 static void usage_main(FILE *f) {
     fprintf(f,
@@ -147,6 +148,7 @@ cleanup:
 }
 
 int main(int argc, char **argv) {
+    omp_policy_ensure_passive(argv);
     log_set_role("llava-model", -1);
     if (argc < 2) {
         usage_main(stderr);
