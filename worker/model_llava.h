@@ -98,7 +98,9 @@ int llava_batch_check(const llava_model_t *m, const batch_t *b);
  *  *n_targets their count (either may be NULL). Gradients of the summed loss ACCUMULATE into m->grads across calls
  *  when accumulate != 0 (else they are zeroed first); the caller scales by 1/total_targets. TRAIN_PROJECTOR
  *  computes no LLM weight gradient but back-propagates through the LLM; TRAIN_ALL also trains every LLM tensor.
- *  Changing the mode reallocates (and zeroes) the gradient arena. Returns 0, LLAVA_EINVAL (bad batch) or ENOMEM. */
+ *  Changing the mode reallocates (and zeroes) the gradient arena. Only rows with a target get logits (the lm_head
+ *  and softmax skip image and prompt rows; the loss and gradients are the same as with full logits).
+ *  Returns 0, LLAVA_EINVAL (bad batch) or LLAVA_ENOMEM. */
 int llava_forward_backward(llava_model_t *m, const batch_t *b, train_mode_t mode, double *loss_sum,
                            int64_t *n_targets, int accumulate);
 /** Forward only; *logits_out points at [B*T, V] logits owned by m, valid until the next call. Also fills m->feats
