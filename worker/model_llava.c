@@ -445,6 +445,8 @@ cleanup:
     return rc;
 }
 
+int llava_grads_prepare(llava_model_t *m, train_mode_t mode) { return grads_ensure(m, mode); }
+
 void llava_grads_zero(llava_model_t *m) {
     if (m->grads) memset(arena_data(m->grads), 0, arena_bytes(m->grads));
 }
@@ -615,26 +617,36 @@ cleanup:
 /* ---------------------------------------------------------------------------------------------------------- */
 /* Optimiser                                                                                                  */
 
+/* Allocates the AdamW moments (zeroed) with the gradient arena's layout, once per training mode. */
+static int adam_ensure(llava_model_t *m) {
+    int rc = 0;
+    if (m->adam_m) return 0;
+    m->adam_m = arena_new("adam_m");
+    m->adam_v = arena_new("adam_v");
+    ALLOC_CHECK_GOTO(m->adam_m);
+    ALLOC_CHECK_GOTO(m->adam_v);
+    for (int i = 0; i < arena_count(m->grads); i++) {
+        tensor_t *t = arena_at(m->grads, i);
+        int r1 = arena_add(m->adam_m, t->name, DT_F32, t->ndim, t->shape);
+        int r2 = arena_add(m->adam_v, t->name, DT_F32, t->ndim, t->shape);
+        CHECK_GOTO(r1 >= 0 && r2 >= 0, r1 < 0 ? r1 : r2, "cannot plan AdamW state %s", t->name);
+    }
+    RC_CHECK_GOTO(arena_alloc(m->adam_m));
+    RC_CHECK_GOTO(arena_alloc(m->adam_v));
+    m->adam_t = 0;
+    return 0;
+cleanup:
+    arena_free(&m->adam_m);
+    arena_free(&m->adam_v);
+    return rc;
+}
+
 int llava_adamw_step(llava_model_t *m, const adamw_opts_t *o, double scale, double *grad_norm) {
     int rc = 0;
     CHECK_GOTO(m->grads, LLAVA_EINVAL, "llava_adamw_step: no gradients (run a backward first)");
     size_t n = arena_bytes(m->grads) / sizeof(float);
     float *g = arena_data(m->grads), *p = arena_data(m->params);
-    if (!m->adam_m) {
-        m->adam_m = arena_new("adam_m");
-        m->adam_v = arena_new("adam_v");
-        ALLOC_CHECK_GOTO(m->adam_m);
-        ALLOC_CHECK_GOTO(m->adam_v);
-        for (int i = 0; i < arena_count(m->grads); i++) {
-            tensor_t *t = arena_at(m->grads, i);
-            int r1 = arena_add(m->adam_m, t->name, DT_F32, t->ndim, t->shape);
-            int r2 = arena_add(m->adam_v, t->name, DT_F32, t->ndim, t->shape);
-            CHECK_GOTO(r1 >= 0 && r2 >= 0, r1 < 0 ? r1 : r2, "cannot plan AdamW state %s", t->name);
-        }
-        RC_CHECK_GOTO(arena_alloc(m->adam_m));
-        RC_CHECK_GOTO(arena_alloc(m->adam_v));
-        m->adam_t = 0;
-    }
+    RC_CHECK_GOTO(adam_ensure(m));
     if (scale != 1.0) scale_inplace(g, (float)scale, (long)n);
     double norm = sqrt(global_norm_sq(g, (long)n));
     if (grad_norm) *grad_norm = norm;
@@ -647,5 +659,64 @@ int llava_adamw_step(llava_model_t *m, const adamw_opts_t *o, double scale, doub
                  o->weight_decay, m->adam_t);
     llava_grads_zero(m);
 cleanup:
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* Optimiser state on disk: optimizer.safetensors holds "exp_avg.<name>" and "exp_avg_sq.<name>" per trainable
+ * tensor and the step count in the metadata, so a resumed run continues the same AdamW trajectory. */
+
+int llava_optim_save(const llava_model_t *m, const char *path) {
+    int rc = 0;
+    st_write_item_t *items = NULL;
+    char **names = NULL;
+    CHECK_GOTO(m->adam_m && m->adam_v, LLAVA_EINVAL, "%s: no optimizer state to save yet", path);
+    int n = arena_count(m->adam_m);
+    items = calloc((size_t)n * 2, sizeof *items);
+    names = calloc((size_t)n * 2, sizeof *names);
+    ALLOC_CHECK_GOTO(items);
+    ALLOC_CHECK_GOTO(names);
+    for (int i = 0; i < 2 * n; i++) {
+        tensor_t *t = arena_at(i < n ? m->adam_m : m->adam_v, i % n);
+        size_t len = strlen(t->name) + 16;
+        names[i] = malloc(len);
+        ALLOC_CHECK_GOTO(names[i]);
+        snprintf(names[i], len, "%s.%s", i < n ? "exp_avg" : "exp_avg_sq", t->name);
+        items[i] = (st_write_item_t){names[i], t->dtype, t->ndim, t->shape, t->data};
+    }
+    char meta[96];
+    snprintf(meta, sizeof meta, "{\"format\":\"pt\",\"step\":\"%d\"}", m->adam_t);
+    RC_CHECK_GOTO(st_write(path, items, 2 * n, meta));
+cleanup:
+    if (names)
+        for (int i = 0; m->adam_m && i < 2 * arena_count(m->adam_m); i++) free(names[i]);
+    free(names);
+    free(items);
+    return rc;
+}
+
+int llava_optim_load(llava_model_t *m, const char *path) {
+    int rc = 0;
+    st_file_t *f = NULL;
+    CHECK_GOTO(m->grads, LLAVA_EINVAL, "%s: prepare the gradients before loading optimizer state", path);
+    RC_CHECK_GOTO(st_file_open(path, &f));
+    RC_CHECK_GOTO(adam_ensure(m));
+    const char *step = st_file_metadata(f, "step");
+    CHECK_GOTO(step && atoi(step) >= 0, LLAVA_EFORMAT, "%s: metadata has no optimizer step count", path);
+    int n = arena_count(m->adam_m);
+    for (int i = 0; i < 2 * n; i++) {
+        tensor_t *t = arena_at(i < n ? m->adam_m : m->adam_v, i % n);
+        char name[TENSOR_NAME_MAX + 16];
+        snprintf(name, sizeof name, "%s.%s", i < n ? "exp_avg" : "exp_avg_sq", t->name);
+        const st_tensor_t *s = st_file_find(f, name);
+        CHECK_GOTO(s, LLAVA_ENOTFOUND, "%s: tensor '%s' is missing (trained with another mode?)", path, name);
+        rc = st_tensor_to_f32(s, t->data, tensor_numel(t));
+        CHECK_GOTO(rc == 0, LLAVA_ESHAPE, "%s: tensor '%s' does not match the model's shape", path, name);
+    }
+    CHECK_GOTO(st_file_count(f) == 2 * n, LLAVA_EFORMAT, "%s: holds %d tensors, the model trains %d (x2)", path,
+               st_file_count(f), n);
+    m->adam_t = atoi(step);
+cleanup:
+    st_file_close(&f);
     return rc;
 }

@@ -109,6 +109,16 @@ int llava_forward_logits(llava_model_t *m, const batch_t *b, float **logits_out)
 
 /** Zeroes the gradient arena (if any). */
 void llava_grads_zero(llava_model_t *m);
+/** Allocates (zeroed) the gradient arena for `mode` before any backward, so a worker with no micro-batch in a
+ *  step still joins the all-reduce with a buffer of the right size. Returns 0 or LLAVA_ENOMEM. */
+int llava_grads_prepare(llava_model_t *m, train_mode_t mode);
+/** Writes the AdamW state (moments as tensors under the parameter names, step count in the metadata) to path.
+ *  Returns 0, LLAVA_EINVAL (no optimizer state yet), LLAVA_EIO or LLAVA_ENOSPACE. */
+int llava_optim_save(const llava_model_t *m, const char *path);
+/** Reads AdamW state written by llava_optim_save for the model's current training mode (prepare the gradients
+ *  first). Every tensor must be present with the gradient's shape. Returns 0, LLAVA_EIO, LLAVA_EFORMAT,
+ *  LLAVA_ENOTFOUND or LLAVA_ESHAPE (logged with the tensor name). */
+int llava_optim_load(llava_model_t *m, const char *path);
 /** Contiguous gradient floats (including alignment padding, always zero) and their count. NULL before a backward. */
 float *llava_grads_data(llava_model_t *m, size_t *n);
 
