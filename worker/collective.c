@@ -1,0 +1,404 @@
+/* Ring all-reduce over ZeroMQ PUSH/PULL for the CPU backend (algorithm, sockets and summation order: collective.h).
+ * Tested by tests/unit/test_collective.c (1-4 ranks, stale/malformed messages, dead peer, abort);
+ * benchmarked by bench/bench_allreduce.sh. */
+#include "worker/collective.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zmq.h>
+
+#include "common/err.h"
+
+#define COMM_MAGIC 0x52415231u /* "1RAR" little-endian: ring all-reduce */
+#define COMM_VERSION 1
+#define COMM_KIND_F32 1
+#define COMM_KIND_F64 2
+#define COMM_ABORT_POLL_MS 20
+#define COMM_DRAIN_MAX 64
+
+/* Wire header in front of every piece (host byte order: all ranks of a job run the same build on one kind of CPU). */
+typedef struct {
+    uint32_t magic;
+    uint16_t version;
+    uint16_t kind;       /* COMM_KIND_F32 / F64 */
+    uint64_t job;        /* FNV-1a hash of the job id */
+    uint64_t generation;
+    uint64_t step;
+    uint32_t sender;     /* rank that sent it */
+    uint32_t piece;      /* sequence number within this collective: ring step * pieces + piece */
+    uint64_t total;      /* elements in the whole buffer */
+    uint64_t offset;     /* first element carried */
+    uint64_t count;      /* elements carried */
+} comm_hdr_t;
+
+struct comm {
+    int rank, world;
+    uint64_t generation, job_hash;
+    char job_id[128];
+    char bind_addr[128];
+    char endpoint[256];
+    size_t chunk_bytes;
+    int hwm;
+    void *ctx;
+    int own_ctx;
+    void *pull; /* bound; from the left neighbour */
+    void *push; /* connected; to the right neighbour */
+    uint64_t dropped;
+};
+
+/* One collective in flight. */
+typedef struct {
+    comm_t *c;
+    char *buf;
+    size_t n, esz, pe; /* elements, element size, elements per piece */
+    size_t pieces;     /* per ring step */
+    size_t total;      /* messages each way: 2*(world-1)*pieces */
+    size_t sent, recvd;
+    int kind;
+    uint64_t step;
+} ring_t;
+
+static uint64_t comm_fnv1a(const char *s) {
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static int64_t comm_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int comm_create(const comm_config_t *cfg, comm_t **out) {
+    int rc = 0;
+    comm_t *c = NULL;
+    CHECK_GOTO(cfg && out, LLAVA_EINVAL, "comm_create: NULL argument");
+    *out = NULL;
+    CHECK_GOTO(cfg->world >= 1 && cfg->rank >= 0 && cfg->rank < cfg->world, LLAVA_EINVAL,
+               "comm_create: rank %d outside world %d", cfg->rank, cfg->world);
+    CHECK_GOTO(cfg->chunk_bytes == 0 || (cfg->chunk_bytes >= 64 && cfg->chunk_bytes <= ((size_t)1 << 30)),
+               LLAVA_EINVAL, "comm_create: chunk_bytes %zu outside [64, 1 GiB]", cfg->chunk_bytes);
+    CHECK_GOTO(cfg->hwm >= 0, LLAVA_EINVAL, "comm_create: hwm %d < 0", cfg->hwm);
+    c = calloc(1, sizeof *c);
+    ALLOC_CHECK_GOTO(c);
+    c->rank = cfg->rank;
+    c->world = cfg->world;
+    c->generation = cfg->generation;
+    snprintf(c->job_id, sizeof c->job_id, "%s", cfg->job_id ? cfg->job_id : "");
+    c->job_hash = comm_fnv1a(c->job_id);
+    snprintf(c->bind_addr, sizeof c->bind_addr, "%s", cfg->bind_addr ? cfg->bind_addr : "127.0.0.1");
+    c->chunk_bytes = cfg->chunk_bytes ? cfg->chunk_bytes : ((size_t)1 << 20);
+    c->hwm = cfg->hwm ? cfg->hwm : 8;
+    if (c->world > 1) {
+        int linger = 0;
+        int64_t maxmsg = (int64_t)(sizeof(comm_hdr_t) + c->chunk_bytes);
+        if (cfg->zmq_ctx) {
+            c->ctx = cfg->zmq_ctx;
+        } else {
+            c->ctx = zmq_ctx_new();
+            CHECK_GOTO(c->ctx, LLAVA_ENET, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
+            c->own_ctx = 1;
+        }
+        c->pull = zmq_socket(c->ctx, ZMQ_PULL);
+        CHECK_GOTO(c->pull, LLAVA_ENET, "zmq_socket(PULL): %s", zmq_strerror(zmq_errno()));
+        c->push = zmq_socket(c->ctx, ZMQ_PUSH);
+        CHECK_GOTO(c->push, LLAVA_ENET, "zmq_socket(PUSH): %s", zmq_strerror(zmq_errno()));
+        ZMQ_CHECK_GOTO(zmq_setsockopt(c->pull, ZMQ_LINGER, &linger, sizeof linger));
+        ZMQ_CHECK_GOTO(zmq_setsockopt(c->push, ZMQ_LINGER, &linger, sizeof linger));
+        ZMQ_CHECK_GOTO(zmq_setsockopt(c->pull, ZMQ_RCVHWM, &c->hwm, sizeof c->hwm));
+        ZMQ_CHECK_GOTO(zmq_setsockopt(c->push, ZMQ_SNDHWM, &c->hwm, sizeof c->hwm));
+        /* Larger messages are dropped by ZeroMQ itself (it closes that connection; the sender reconnects). */
+        ZMQ_CHECK_GOTO(zmq_setsockopt(c->pull, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg));
+    }
+    *out = c;
+    c = NULL;
+cleanup:
+    comm_destroy(&c);
+    return rc;
+}
+
+int comm_bind(comm_t *c, const char **endpoint) {
+    int rc = 0;
+    char addr[160];
+    size_t len = sizeof c->endpoint;
+    CHECK_GOTO(c && endpoint, LLAVA_EINVAL, "comm_bind: NULL argument");
+    *endpoint = c->endpoint;
+    if (c->world == 1) return 0;
+    snprintf(addr, sizeof addr, "tcp://%s:*", c->bind_addr);
+    ZMQ_CHECK_GOTO(zmq_bind(c->pull, addr));
+    ZMQ_CHECK_GOTO(zmq_getsockopt(c->pull, ZMQ_LAST_ENDPOINT, c->endpoint, &len));
+    LOG_D("comm: rank %d of %d generation %llu bound %s", c->rank, c->world, (unsigned long long)c->generation,
+          c->endpoint);
+cleanup:
+    return rc;
+}
+
+int comm_connect(comm_t *c, const char *const *peers, int npeers) {
+    int rc = 0;
+    const char *right;
+    CHECK_GOTO(c, LLAVA_EINVAL, "comm_connect: NULL comm");
+    if (c->world == 1) return 0;
+    CHECK_GOTO(peers && npeers == c->world, LLAVA_EINVAL, "comm_connect: %d peers for world %d", npeers, c->world);
+    CHECK_GOTO(c->endpoint[0], LLAVA_EINVAL, "comm_connect: comm_bind first");
+    right = peers[(c->rank + 1) % c->world];
+    CHECK_GOTO(right && right[0], LLAVA_EINVAL, "comm_connect: no endpoint for rank %d", (c->rank + 1) % c->world);
+    ZMQ_CHECK_GOTO(zmq_connect(c->push, right));
+cleanup:
+    return rc;
+}
+
+uint64_t comm_dropped(const comm_t *c) { return c ? c->dropped : 0; }
+
+void comm_destroy(comm_t **pc) {
+    comm_t *c = pc ? *pc : NULL;
+    if (!c) return;
+    if (c->pull) zmq_close(c->pull);
+    if (c->push) zmq_close(c->push);
+    if (c->own_ctx) {
+        while (zmq_ctx_term(c->ctx) == -1 && zmq_errno() == EINTR) {
+        }
+    }
+    free(c);
+    *pc = NULL;
+}
+
+/* Segment j of the buffer and piece k of it, as [*off, *off + *cnt). */
+static void ring_piece(const ring_t *r, int seg, size_t k, size_t *off, size_t *cnt) {
+    size_t w = (size_t)r->c->world;
+    size_t s0 = r->n * (size_t)seg / w, s1 = r->n * ((size_t)seg + 1) / w;
+    size_t a = k * r->pe, len = s1 - s0;
+    if (a > len) a = len;
+    *off = s0 + a;
+    *cnt = (len - a < r->pe) ? len - a : r->pe;
+}
+
+/* Segment handled in ring step s: sent = (rank - s) mod world, received = (rank - s - 1) mod world. */
+static int ring_seg(const ring_t *r, size_t s, int extra) {
+    int w = r->c->world;
+    return (int)(((size_t)r->c->rank + 2 * (size_t)w - s % (size_t)w - (size_t)extra) % (size_t)w);
+}
+
+static int ring_send_one(ring_t *r) {
+    int rc = 0;
+    comm_t *c = r->c;
+    size_t s = r->sent / r->pieces, k = r->sent % r->pieces, off, cnt;
+    comm_hdr_t h;
+    zmq_msg_t m;
+    int have_msg = 0;
+    ring_piece(r, ring_seg(r, s, 0), k, &off, &cnt);
+    memset(&h, 0, sizeof h);
+    h.magic = COMM_MAGIC;
+    h.version = COMM_VERSION;
+    h.kind = (uint16_t)r->kind;
+    h.job = c->job_hash;
+    h.generation = c->generation;
+    h.step = r->step;
+    h.sender = (uint32_t)c->rank;
+    h.piece = (uint32_t)r->sent;
+    h.total = r->n;
+    h.offset = off;
+    h.count = cnt;
+    ZMQ_CHECK_GOTO(zmq_msg_init_size(&m, sizeof h + cnt * r->esz));
+    have_msg = 1;
+    memcpy(zmq_msg_data(&m), &h, sizeof h);
+    if (cnt) memcpy((char *)zmq_msg_data(&m) + sizeof h, r->buf + off * r->esz, cnt * r->esz);
+    if (zmq_msg_send(&m, c->push, ZMQ_DONTWAIT) == -1) {
+        if (zmq_errno() == EAGAIN) {
+            rc = 1; /* queue full: wait for POLLOUT (m is still ours: closed below) */
+            goto cleanup;
+        }
+        LOG_E("comm: zmq_msg_send: %s", zmq_strerror(zmq_errno()));
+        rc = LLAVA_ENET;
+        goto cleanup;
+    }
+    have_msg = 0; /* sent messages belong to ZeroMQ */
+    r->sent++;
+cleanup:
+    if (have_msg) zmq_msg_close(&m);
+    return rc;
+}
+
+/* The unaligned loads go through memcpy (the payload sits at any offset in ZeroMQ's receive buffer); compilers
+ * turn these loops into plain vector loads and adds. */
+static void ring_add_f32(float *dst, const char *src, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        float v;
+        memcpy(&v, src + i * sizeof v, sizeof v);
+        dst[i] += v;
+    }
+}
+
+static void ring_add_f64(double *dst, const char *src, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        double v;
+        memcpy(&v, src + i * sizeof v, sizeof v);
+        dst[i] += v;
+    }
+}
+
+static void ring_drop(ring_t *r, const char *why, const comm_hdr_t *h) {
+    r->c->dropped++;
+    if (h)
+        LOG_W("comm: rank %d dropped a message (%s): job %016llx generation %llu step %llu sender %u piece %u; "
+              "expecting job %016llx generation %llu step %llu sender %d piece %zu",
+              r->c->rank, why, (unsigned long long)h->job, (unsigned long long)h->generation,
+              (unsigned long long)h->step, h->sender, h->piece, (unsigned long long)r->c->job_hash,
+              (unsigned long long)r->c->generation, (unsigned long long)r->step,
+              (r->c->rank + r->c->world - 1) % r->c->world, r->recvd);
+    else
+        LOG_W("comm: rank %d dropped a message (%s)", r->c->rank, why);
+}
+
+/* Checks one received message and applies it; returns 1 when it was the expected piece, 0 when dropped. */
+static int ring_apply(ring_t *r, zmq_msg_t *m) {
+    comm_t *c = r->c;
+    size_t sz = zmq_msg_size(m), s, k, off, cnt;
+    const char *p = zmq_msg_data(m);
+    comm_hdr_t h;
+    if (sz < sizeof h) {
+        ring_drop(r, "shorter than a header", NULL);
+        return 0;
+    }
+    memcpy(&h, p, sizeof h);
+    if (h.magic != COMM_MAGIC || h.version != COMM_VERSION) {
+        ring_drop(r, "bad magic/version", NULL);
+        return 0;
+    }
+    if (h.job != c->job_hash || h.generation != c->generation) {
+        ring_drop(r, "other job or generation", &h);
+        return 0;
+    }
+    if (h.step != r->step || h.kind != r->kind) {
+        ring_drop(r, "other step or collective", &h);
+        return 0;
+    }
+    s = r->recvd / r->pieces;
+    k = r->recvd % r->pieces;
+    ring_piece(r, ring_seg(r, s, 1), k, &off, &cnt);
+    if (h.sender != (uint32_t)((c->rank + c->world - 1) % c->world) || h.piece != (uint32_t)r->recvd ||
+        h.total != r->n || h.offset != off || h.count != cnt || sz != sizeof h + cnt * r->esz) {
+        ring_drop(r, "malformed or out of order", &h);
+        return 0;
+    }
+    p += sizeof h;
+    if (s < (size_t)c->world - 1) { /* reduce-scatter: add in */
+        if (r->kind == COMM_KIND_F32)
+            ring_add_f32((float *)(void *)r->buf + off, p, cnt);
+        else
+            ring_add_f64((double *)(void *)r->buf + off, p, cnt);
+    } else if (cnt) { /* all-gather: the reduced piece, byte for byte */
+        memcpy(r->buf + off * r->esz, p, cnt * r->esz);
+    }
+    r->recvd++;
+    return 1;
+}
+
+/* Receives what is queued (bounded); returns the number of expected pieces applied, or a negative code. */
+static int ring_drain(ring_t *r) {
+    int got = 0;
+    for (int i = 0; i < COMM_DRAIN_MAX && r->recvd < r->total; i++) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, r->c->pull, ZMQ_DONTWAIT) == -1) {
+            int e = zmq_errno();
+            zmq_msg_close(&m);
+            if (e == EAGAIN || e == EINTR) break;
+            LOG_E("comm: zmq_msg_recv: %s", zmq_strerror(e));
+            return LLAVA_ENET;
+        }
+        got += ring_apply(r, &m);
+        zmq_msg_close(&m);
+    }
+    return got;
+}
+
+/* Piece number g may leave once piece g - pieces (same piece, previous ring step) has arrived. */
+static int ring_can_send(const ring_t *r) {
+    return r->sent < r->total && (r->sent < r->pieces || r->recvd > r->sent - r->pieces);
+}
+
+static int ring_run(comm_t *c, void *buf, size_t n, size_t esz, int kind, uint64_t step, int timeout_ms,
+                    comm_abort_fn abort_fn, void *abort_ud) {
+    int rc = 0;
+    ring_t r;
+    int64_t now, last_progress, next_abort;
+    size_t maxseg;
+    CHECK_GOTO(c && (buf || n == 0), LLAVA_EINVAL, "comm_allreduce: NULL argument");
+    CHECK_GOTO(timeout_ms > 0, LLAVA_EINVAL, "comm_allreduce: timeout_ms %d <= 0", timeout_ms);
+    if (c->world == 1 || n == 0) return 0;
+    CHECK_GOTO(c->endpoint[0], LLAVA_EINVAL, "comm_allreduce: comm not bound/connected");
+    memset(&r, 0, sizeof r);
+    r.c = c;
+    r.buf = buf;
+    r.n = n;
+    r.esz = esz;
+    r.kind = kind;
+    r.step = step;
+    r.pe = c->chunk_bytes / esz;
+    maxseg = (n + (size_t)c->world - 1) / (size_t)c->world;
+    r.pieces = (maxseg + r.pe - 1) / r.pe;
+    r.total = 2 * ((size_t)c->world - 1) * r.pieces;
+    CHECK_GOTO(r.total < UINT32_MAX, LLAVA_EINVAL, "comm_allreduce: %zu elements need too many pieces", n);
+    now = comm_now_ms();
+    last_progress = now;
+    next_abort = now;
+    while (r.sent < r.total || r.recvd < r.total) {
+        zmq_pollitem_t items[2] = {{c->pull, 0, ZMQ_POLLIN, 0}, {c->push, 0, ZMQ_POLLOUT, 0}};
+        int progressed = 0, np, can_send = ring_can_send(&r);
+        long wait;
+        if (abort_fn && now >= next_abort) {
+            if (abort_fn(abort_ud)) { /* a normal event (generation change), not an error */
+                LOG_I("comm: rank %d step %llu aborted (%zu/%zu sent, %zu/%zu received)", c->rank,
+                      (unsigned long long)step, r.sent, r.total, r.recvd, r.total);
+                rc = LLAVA_EABORTED;
+                goto cleanup;
+            }
+            next_abort = now + COMM_ABORT_POLL_MS;
+        }
+        wait = (long)(last_progress + timeout_ms - now);
+        if (abort_fn && next_abort - now < wait) wait = (long)(next_abort - now);
+        if (wait < 0) wait = 0;
+        /* The PULL is always polled (a peer's stray message must not block the ring); POLLOUT only when a piece is
+         * ready, otherwise a writable socket would wake us in a loop. */
+        np = zmq_poll(items, can_send ? 2 : 1, wait);
+        if (np == -1 && zmq_errno() != EINTR) {
+            LOG_E("comm: zmq_poll: %s", zmq_strerror(zmq_errno()));
+            rc = LLAVA_ENET;
+            goto cleanup;
+        }
+        if (np > 0 && (items[0].revents & ZMQ_POLLIN)) {
+            int got = ring_drain(&r);
+            RC_CHECK_GOTO(got < 0 ? got : 0);
+            progressed |= got > 0;
+        }
+        if (np > 0 && can_send && (items[1].revents & ZMQ_POLLOUT)) {
+            while (ring_can_send(&r)) {
+                int sr = ring_send_one(&r);
+                RC_CHECK_GOTO(sr < 0 ? sr : 0);
+                if (sr == 1) break;
+                progressed = 1;
+            }
+        }
+        now = comm_now_ms();
+        if (progressed) last_progress = now;
+        CHECK_GOTO(now - last_progress < timeout_ms || (r.sent == r.total && r.recvd == r.total), LLAVA_ETIMEOUT,
+                   "comm: rank %d step %llu: no progress for %d ms (%zu/%zu sent, %zu/%zu received)", c->rank,
+                   (unsigned long long)step, timeout_ms, r.sent, r.total, r.recvd, r.total);
+    }
+cleanup:
+    return rc;
+}
+
+int comm_allreduce(comm_t *c, float *buf, size_t n, uint64_t step, int timeout_ms, comm_abort_fn abort_fn,
+                   void *abort_ud) {
+    return ring_run(c, buf, n, sizeof(float), COMM_KIND_F32, step, timeout_ms, abort_fn, abort_ud);
+}
+
+int comm_allreduce_f64(comm_t *c, double *buf, size_t n, uint64_t step, int timeout_ms, comm_abort_fn abort_fn,
+                       void *abort_ud) {
+    return ring_run(c, buf, n, sizeof(double), COMM_KIND_F64, step, timeout_ms, abort_fn, abort_ud);
+}
