@@ -4,10 +4,13 @@
 #include "worker/collective.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "common/err.h"
@@ -43,7 +46,8 @@ struct comm {
     size_t chunk_bytes;
     int hwm;
     void *ctx;
-    int own_ctx;
+    int efd;               /* eventfd: written by ZeroMQ's I/O thread when the last in-flight piece is released */
+    atomic_long inflight;  /* payload frames pointing into the caller's buffer that ZeroMQ still holds */
     void *pull; /* bound; from the left neighbour */
     void *push; /* connected; to the right neighbour */
     uint64_t dropped;
@@ -85,6 +89,8 @@ int comm_create(const comm_config_t *cfg, comm_t **out) {
     CHECK_GOTO(cfg->hwm >= 0, LLAVA_EINVAL, "comm_create: hwm %d < 0", cfg->hwm);
     c = calloc(1, sizeof *c);
     ALLOC_CHECK_GOTO(c);
+    c->efd = -1;
+    atomic_init(&c->inflight, 0);
     c->rank = cfg->rank;
     c->world = cfg->world;
     c->generation = cfg->generation;
@@ -96,13 +102,10 @@ int comm_create(const comm_config_t *cfg, comm_t **out) {
     if (c->world > 1) {
         int linger = 0;
         int64_t maxmsg = (int64_t)(sizeof(comm_hdr_t) + c->chunk_bytes);
-        if (cfg->zmq_ctx) {
-            c->ctx = cfg->zmq_ctx;
-        } else {
-            c->ctx = zmq_ctx_new();
-            CHECK_GOTO(c->ctx, LLAVA_ENET, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
-            c->own_ctx = 1;
-        }
+        c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+        CHECK_GOTO(c->efd >= 0, LLAVA_EIO, "eventfd: %s", strerror(errno));
+        c->ctx = zmq_ctx_new();
+        CHECK_GOTO(c->ctx, LLAVA_ENET, "zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
         c->pull = zmq_socket(c->ctx, ZMQ_PULL);
         CHECK_GOTO(c->pull, LLAVA_ENET, "zmq_socket(PULL): %s", zmq_strerror(zmq_errno()));
         c->push = zmq_socket(c->ctx, ZMQ_PUSH);
@@ -158,10 +161,12 @@ void comm_destroy(comm_t **pc) {
     if (!c) return;
     if (c->pull) zmq_close(c->pull);
     if (c->push) zmq_close(c->push);
-    if (c->own_ctx) {
+    /* Terminating our own context joins ZeroMQ's I/O threads: every in-flight piece has been released after it. */
+    if (c->ctx) {
         while (zmq_ctx_term(c->ctx) == -1 && zmq_errno() == EINTR) {
         }
     }
+    if (c->efd >= 0) close(c->efd);
     free(c);
     *pc = NULL;
 }
@@ -182,13 +187,26 @@ static int ring_seg(const ring_t *r, size_t s, int extra) {
     return (int)(((size_t)r->c->rank + 2 * (size_t)w - s % (size_t)w - (size_t)extra) % (size_t)w);
 }
 
+/* Called by ZeroMQ (its I/O thread, or zmq_msg_close) when it no longer needs a payload frame. */
+static void comm_piece_free(void *data, void *hint) {
+    comm_t *c = hint;
+    (void)data;
+    if (atomic_fetch_sub(&c->inflight, 1) == 1) {
+        uint64_t one = 1;
+        ssize_t w = write(c->efd, &one, sizeof one); /* cannot fail short of a full counter, which is harmless */
+        (void)w;
+    }
+}
+
+/* Sends the next piece as two frames: a copied header and the payload straight from the caller's buffer (zero
+ * copy; safe because a piece's region is next written only after the right neighbour has received it, and the
+ * collective returns only when ZeroMQ has released every payload). Returns 0 sent, 1 queue full, or an error. */
 static int ring_send_one(ring_t *r) {
     int rc = 0;
     comm_t *c = r->c;
     size_t s = r->sent / r->pieces, k = r->sent % r->pieces, off, cnt;
     comm_hdr_t h;
     zmq_msg_t m;
-    int have_msg = 0;
     ring_piece(r, ring_seg(r, s, 0), k, &off, &cnt);
     memset(&h, 0, sizeof h);
     h.magic = COMM_MAGIC;
@@ -202,23 +220,27 @@ static int ring_send_one(ring_t *r) {
     h.total = r->n;
     h.offset = off;
     h.count = cnt;
-    ZMQ_CHECK_GOTO(zmq_msg_init_size(&m, sizeof h + cnt * r->esz));
-    have_msg = 1;
-    memcpy(zmq_msg_data(&m), &h, sizeof h);
-    if (cnt) memcpy((char *)zmq_msg_data(&m) + sizeof h, r->buf + off * r->esz, cnt * r->esz);
-    if (zmq_msg_send(&m, c->push, ZMQ_DONTWAIT) == -1) {
-        if (zmq_errno() == EAGAIN) {
-            rc = 1; /* queue full: wait for POLLOUT (m is still ours: closed below) */
-            goto cleanup;
-        }
-        LOG_E("comm: zmq_msg_send: %s", zmq_strerror(zmq_errno()));
-        rc = LLAVA_ENET;
-        goto cleanup;
+    if (zmq_send(c->push, &h, sizeof h, ZMQ_SNDMORE | ZMQ_DONTWAIT) == -1) {
+        CHECK_GOTO(zmq_errno() == EAGAIN, LLAVA_ENET, "comm: zmq_send: %s", zmq_strerror(zmq_errno()));
+        return 1; /* queue full: wait for POLLOUT */
     }
-    have_msg = 0; /* sent messages belong to ZeroMQ */
+    /* Once the first frame is queued, ZeroMQ accepts the rest of the message regardless of the high-water mark. */
+    if (cnt) {
+        atomic_fetch_add(&c->inflight, 1);
+        if (zmq_msg_init_data(&m, r->buf + off * r->esz, cnt * r->esz, comm_piece_free, c) == -1) {
+            atomic_fetch_sub(&c->inflight, 1);
+            CHECK_GOTO(0, LLAVA_ENET, "comm: zmq_msg_init_data: %s", zmq_strerror(zmq_errno()));
+        }
+        if (zmq_msg_send(&m, c->push, ZMQ_DONTWAIT) == -1) {
+            int e = zmq_errno();
+            zmq_msg_close(&m); /* releases it: comm_piece_free */
+            CHECK_GOTO(0, LLAVA_ENET, "comm: zmq_msg_send: %s", zmq_strerror(e));
+        }
+    } else {
+        ZMQ_CHECK_GOTO(zmq_send(c->push, NULL, 0, ZMQ_DONTWAIT));
+    }
     r->sent++;
 cleanup:
-    if (have_msg) zmq_msg_close(&m);
     return rc;
 }
 
@@ -253,14 +275,15 @@ static void ring_drop(ring_t *r, const char *why, const comm_hdr_t *h) {
         LOG_W("comm: rank %d dropped a message (%s)", r->c->rank, why);
 }
 
-/* Checks one received message and applies it; returns 1 when it was the expected piece, 0 when dropped. */
-static int ring_apply(ring_t *r, zmq_msg_t *m) {
+/* Checks one received message (header frame hm, payload frame pm, nframes frames in all) and applies it; returns 1
+ * when it was the expected piece, 0 when dropped. */
+static int ring_apply(ring_t *r, zmq_msg_t *hm, zmq_msg_t *pm, int nframes) {
     comm_t *c = r->c;
-    size_t sz = zmq_msg_size(m), s, k, off, cnt;
-    const char *p = zmq_msg_data(m);
+    size_t s, k, off, cnt;
+    const char *p = zmq_msg_data(hm);
     comm_hdr_t h;
-    if (sz < sizeof h) {
-        ring_drop(r, "shorter than a header", NULL);
+    if (zmq_msg_size(hm) != sizeof h) {
+        ring_drop(r, "first frame is not a header", NULL);
         return 0;
     }
     memcpy(&h, p, sizeof h);
@@ -280,11 +303,11 @@ static int ring_apply(ring_t *r, zmq_msg_t *m) {
     k = r->recvd % r->pieces;
     ring_piece(r, ring_seg(r, s, 1), k, &off, &cnt);
     if (h.sender != (uint32_t)((c->rank + c->world - 1) % c->world) || h.piece != (uint32_t)r->recvd ||
-        h.total != r->n || h.offset != off || h.count != cnt || sz != sizeof h + cnt * r->esz) {
+        h.total != r->n || h.offset != off || h.count != cnt || nframes != 2 || zmq_msg_size(pm) != cnt * r->esz) {
         ring_drop(r, "malformed or out of order", &h);
         return 0;
     }
-    p += sizeof h;
+    p = zmq_msg_data(pm);
     if (s < (size_t)c->world - 1) { /* reduce-scatter: add in */
         if (r->kind == COMM_KIND_F32)
             ring_add_f32((float *)(void *)r->buf + off, p, cnt);
@@ -297,21 +320,48 @@ static int ring_apply(ring_t *r, zmq_msg_t *m) {
     return 1;
 }
 
+/* Receives one whole message if one is queued: 1 applied, 0 dropped, 2 nothing queued, or a negative code.
+ * Frames of a multipart message arrive together, so only the first receive can find the queue empty. */
+static int ring_recv_one(ring_t *r) {
+    int rc = 0, nframes = 0, more = 1;
+    zmq_msg_t hm, pm, extra;
+    zmq_msg_init(&hm);
+    zmq_msg_init(&pm);
+    zmq_msg_init(&extra);
+    if (zmq_msg_recv(&hm, r->c->pull, ZMQ_DONTWAIT) == -1) {
+        int e = zmq_errno();
+        CHECK_GOTO(e == EAGAIN || e == EINTR, LLAVA_ENET, "comm: zmq_msg_recv: %s", zmq_strerror(e));
+        rc = 2;
+        goto cleanup;
+    }
+    nframes = 1;
+    more = zmq_msg_more(&hm);
+    if (more) {
+        ZMQ_CHECK_GOTO(zmq_msg_recv(&pm, r->c->pull, 0));
+        nframes++;
+        more = zmq_msg_more(&pm);
+    }
+    while (more) { /* a foreign message with more frames than ours: consume and drop it whole */
+        ZMQ_CHECK_GOTO(zmq_msg_recv(&extra, r->c->pull, 0));
+        nframes++;
+        more = zmq_msg_more(&extra);
+    }
+    rc = ring_apply(r, &hm, &pm, nframes);
+cleanup:
+    zmq_msg_close(&hm);
+    zmq_msg_close(&pm);
+    zmq_msg_close(&extra);
+    return rc;
+}
+
 /* Receives what is queued (bounded); returns the number of expected pieces applied, or a negative code. */
 static int ring_drain(ring_t *r) {
     int got = 0;
     for (int i = 0; i < COMM_DRAIN_MAX && r->recvd < r->total; i++) {
-        zmq_msg_t m;
-        zmq_msg_init(&m);
-        if (zmq_msg_recv(&m, r->c->pull, ZMQ_DONTWAIT) == -1) {
-            int e = zmq_errno();
-            zmq_msg_close(&m);
-            if (e == EAGAIN || e == EINTR) break;
-            LOG_E("comm: zmq_msg_recv: %s", zmq_strerror(e));
-            return LLAVA_ENET;
-        }
-        got += ring_apply(r, &m);
-        zmq_msg_close(&m);
+        int rc = ring_recv_one(r);
+        if (rc < 0) return rc;
+        if (rc == 2) break;
+        got += rc;
     }
     return got;
 }
@@ -346,8 +396,9 @@ static int ring_run(comm_t *c, void *buf, size_t n, size_t esz, int kind, uint64
     now = comm_now_ms();
     last_progress = now;
     next_abort = now;
-    while (r.sent < r.total || r.recvd < r.total) {
-        zmq_pollitem_t items[2] = {{c->pull, 0, ZMQ_POLLIN, 0}, {c->push, 0, ZMQ_POLLOUT, 0}};
+    while (r.sent < r.total || r.recvd < r.total || atomic_load(&c->inflight) > 0) {
+        zmq_pollitem_t items[3] = {{c->pull, 0, ZMQ_POLLIN, 0}, {NULL, c->efd, ZMQ_POLLIN, 0},
+                                   {c->push, 0, ZMQ_POLLOUT, 0}};
         int progressed = 0, np, can_send = ring_can_send(&r);
         long wait;
         if (abort_fn && now >= next_abort) {
@@ -364,7 +415,7 @@ static int ring_run(comm_t *c, void *buf, size_t n, size_t esz, int kind, uint64
         if (wait < 0) wait = 0;
         /* The PULL is always polled (a peer's stray message must not block the ring); POLLOUT only when a piece is
          * ready, otherwise a writable socket would wake us in a loop. */
-        np = zmq_poll(items, can_send ? 2 : 1, wait);
+        np = zmq_poll(items, can_send ? 3 : 2, wait);
         if (np == -1 && zmq_errno() != EINTR) {
             LOG_E("comm: zmq_poll: %s", zmq_strerror(zmq_errno()));
             rc = LLAVA_ENET;
@@ -375,7 +426,13 @@ static int ring_run(comm_t *c, void *buf, size_t n, size_t esz, int kind, uint64
             RC_CHECK_GOTO(got < 0 ? got : 0);
             progressed |= got > 0;
         }
-        if (np > 0 && can_send && (items[1].revents & ZMQ_POLLOUT)) {
+        if (np > 0 && (items[1].revents & ZMQ_POLLIN)) { /* ZeroMQ released our last payload frames */
+            uint64_t cnt;
+            ssize_t rd = read(c->efd, &cnt, sizeof cnt);
+            (void)rd;
+            progressed = 1;
+        }
+        if (np > 0 && can_send && (items[2].revents & ZMQ_POLLOUT)) {
             while (ring_can_send(&r)) {
                 int sr = ring_send_one(&r);
                 RC_CHECK_GOTO(sr < 0 ? sr : 0);
@@ -385,7 +442,8 @@ static int ring_run(comm_t *c, void *buf, size_t n, size_t esz, int kind, uint64
         }
         now = comm_now_ms();
         if (progressed) last_progress = now;
-        CHECK_GOTO(now - last_progress < timeout_ms || (r.sent == r.total && r.recvd == r.total), LLAVA_ETIMEOUT,
+        CHECK_GOTO(now - last_progress < timeout_ms ||
+                       (r.sent == r.total && r.recvd == r.total && atomic_load(&c->inflight) == 0), LLAVA_ETIMEOUT,
                    "comm: rank %d step %llu: no progress for %d ms (%zu/%zu sent, %zu/%zu received)", c->rank,
                    (unsigned long long)step, timeout_ms, r.sent, r.total, r.recvd, r.total);
     }

@@ -15,7 +15,8 @@
  * cfg.chunk_bytes. Step s = 0 .. 2*(world-1)-1 sends segment (rank-s) mod world to the right and receives segment
  * (rank-s-1) mod world from the left; steps < world-1 add the received piece in (reduce-scatter), later steps copy
  * it (all-gather). Piece k of step s is sent as soon as piece k of step s-1 has arrived, so the steps pipeline and no
- * second copy of the buffer exists (only HWM-bounded chunks in flight).
+ * second copy of the buffer exists. Sends are zero-copy (ZeroMQ reads the pieces from the caller's buffer); a
+ * received piece is added or copied from ZeroMQ's message into the buffer.
  * Summation order (deterministic for a given world size and buffer): element i of segment j is
  *   ((x[j] + x[j+1]) + x[j+2]) + ... + x[j+world-1]      (rank indices mod world, fp32 for comm_allreduce)
  * computed once, on one rank, and then copied to every other rank, so all ranks get bit-identical results. A
@@ -40,7 +41,6 @@ typedef struct {
                                peers can reach (the reported endpoint contains it), not "*" or 0.0.0.0 */
     size_t chunk_bytes;     /* payload per message; 0 = 1 MiB */
     int hwm;                /* messages queued per direction before backpressure; 0 = 8 */
-    void *zmq_ctx;          /* ZeroMQ context to use (borrowed); NULL = comm makes and terminates its own */
 } comm_config_t;
 
 /** Polled during a collective (at most every ~20 ms); a non-zero return aborts it with LLAVA_EABORTED. */
@@ -62,7 +62,9 @@ int comm_connect(comm_t *c, const char *const *peers, int npeers);
  *  rank holds bit-identical bytes. timeout_ms (> 0) is the longest time without progress (no piece sent or
  *  received) before giving up; abort_fn (may be NULL) is polled with abort_ud.
  *  Returns 0, LLAVA_ETIMEOUT, LLAVA_EABORTED, LLAVA_EINVAL, LLAVA_ENOMEM or LLAVA_ENET; on any failure buf holds
- *  partial sums and the comm must be destroyed (its queues may hold pieces of the failed step). */
+ *  partial sums and the comm must be destroyed (its queues may hold pieces of the failed step) BEFORE buf is
+ *  freed or reused: ZeroMQ sends pieces straight from buf (zero copy) and releases them only in comm_destroy.
+ *  On success ZeroMQ holds no reference to buf. */
 int comm_allreduce(comm_t *c, float *buf, size_t n, uint64_t step, int timeout_ms, comm_abort_fn abort_fn,
                    void *abort_ud);
 
@@ -73,7 +75,8 @@ int comm_allreduce_f64(comm_t *c, double *buf, size_t n, uint64_t step, int time
 /** Number of messages dropped so far (other job/generation, stale step, malformed). For tests and status. */
 uint64_t comm_dropped(const comm_t *c);
 
-/** Closes the sockets with ZMQ_LINGER 0 (never blocks on unsent data), terminates an owned context, frees *c and
+/** Closes the sockets with ZMQ_LINGER 0 (never blocks on unsent data), terminates the comm's own ZeroMQ context
+ *  (after which ZeroMQ holds no pointer into any buffer passed to comm_allreduce), frees *c and
  *  sets it to NULL. NULL or *c == NULL is a no-op. */
 void comm_destroy(comm_t **c);
 
