@@ -397,9 +397,12 @@ static int ring_run(comm_t *c, void *buf, size_t n, size_t esz, int kind, uint64
     last_progress = now;
     next_abort = now;
     while (r.sent < r.total || r.recvd < r.total || atomic_load(&c->inflight) > 0) {
-        zmq_pollitem_t items[3] = {{c->pull, 0, ZMQ_POLLIN, 0}, {NULL, c->efd, ZMQ_POLLIN, 0},
-                                   {c->push, 0, ZMQ_POLLOUT, 0}};
         int progressed = 0, np, can_send = ring_can_send(&r);
+        /* Ask only for events we can act on (events 0: zmq_poll does not wake for that socket), otherwise a
+         * writable PUSH or a neighbour's next-step pieces waiting in the PULL would wake us in a loop. */
+        zmq_pollitem_t items[3] = {{c->pull, 0, r.recvd < r.total ? ZMQ_POLLIN : 0, 0},
+                                   {NULL, c->efd, ZMQ_POLLIN, 0},
+                                   {c->push, 0, can_send ? ZMQ_POLLOUT : 0, 0}};
         long wait;
         if (abort_fn && now >= next_abort) {
             if (abort_fn(abort_ud)) { /* a normal event (generation change), not an error */
@@ -413,15 +416,13 @@ static int ring_run(comm_t *c, void *buf, size_t n, size_t esz, int kind, uint64
         wait = (long)(last_progress + timeout_ms - now);
         if (abort_fn && next_abort - now < wait) wait = (long)(next_abort - now);
         if (wait < 0) wait = 0;
-        /* The PULL is always polled (a peer's stray message must not block the ring); POLLOUT only when a piece is
-         * ready, otherwise a writable socket would wake us in a loop. */
-        np = zmq_poll(items, can_send ? 3 : 2, wait);
+        np = zmq_poll(items, 3, wait);
         if (np == -1 && zmq_errno() != EINTR) {
             LOG_E("comm: zmq_poll: %s", zmq_strerror(zmq_errno()));
             rc = LLAVA_ENET;
             goto cleanup;
         }
-        if (np > 0 && (items[0].revents & ZMQ_POLLIN)) {
+        if (np > 0 && r.recvd < r.total && (items[0].revents & ZMQ_POLLIN)) {
             int got = ring_drain(&r);
             RC_CHECK_GOTO(got < 0 ? got : 0);
             progressed |= got > 0;
