@@ -717,6 +717,7 @@ static int write_all(run_t *r, pool_t *p, FILE *progress, int64_t vi0, ingest_st
         while (!p->slots[vi % p->ring].ready) pthread_cond_wait(&p->cv_done, &p->mu);
         s = p->slots[vi % p->ring];
         p->slots[vi % p->ring].ready = 0;
+        p->slots[vi % p->ring].rec = NULL; /* the writer owns it now */
         p->write_pos = vi + 1;
         pthread_cond_broadcast(&p->cv_work);
         pthread_mutex_unlock(&p->mu);

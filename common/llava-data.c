@@ -69,6 +69,16 @@ static int inspect_record(const tokenizer_t *tok, const ds_record_t *rec, int64_
         if (img) {
             printf("<image %dx%d>", rec->image_size, rec->image_size);
             start = i + 1;
+        } else if (!end && tokenizer_piece_type(tok, rec->input_ids[i]) == TOK_CONTROL) {
+            /* decode drops control pieces ("<s>", "</s>"): show them, they carry loss too */
+            if (i > start) {
+                int rc = print_span(tok, rec, start, i, prev_tgt, color);
+                if (rc) return rc;
+            }
+            const char *piece = tokenizer_piece(tok, rec->input_ids[i]);
+            if (tgt) printf(color ? "\x1b[32m%s\x1b[0m" : "[[%s]]", piece);
+            else printf("%s", piece);
+            start = i + 1;
         }
     }
     printf("\n");
