@@ -393,8 +393,11 @@ static void corpus_add(FILE *f, const char *text) { fprintf(f, "%s\n", text); }
 static int run_spm_train(const synth_opts_t *o, const char *corpus) {
     int rc = 0;
     char a_in[4400], a_prefix[4400], a_vocab[64];
-    snprintf(a_in, sizeof a_in, "--input=%s", corpus);
-    snprintf(a_prefix, sizeof a_prefix, "--model_prefix=%s/tokenizer", o->out_dir);
+    /* relative paths, run inside out_dir: spm_train records them in the model's trainer_spec, and the model should
+     * not depend on where synth wrote it */
+    (void)corpus;
+    snprintf(a_in, sizeof a_in, "--input=tokenizer-corpus.txt");
+    snprintf(a_prefix, sizeof a_prefix, "--model_prefix=tokenizer");
     snprintf(a_vocab, sizeof a_vocab, "--vocab_size=%d", o->vocab_size);
     const char *prog = o->spm_train ? o->spm_train : "spm_train";
     char *argv[] = {(char *)prog, a_in, a_prefix, a_vocab, "--model_type=bpe", "--byte_fallback=true",
@@ -410,6 +413,7 @@ static int run_spm_train(const synth_opts_t *o, const char *corpus) {
             dup2(fd, 1);
             dup2(fd, 2);
         }
+        if (chdir(o->out_dir) != 0) _exit(126);
         execvp(prog, argv);
         _exit(127);
     }
