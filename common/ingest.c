@@ -641,7 +641,7 @@ static int write_report(const run_t *r) {
         for (int64_t i = 0; i < r->shards[s].bad.n; i++)
             RC_CHECK_GOTO(bad_add(&all, r->shards[s].bad.v[i].id, r->shards[s].bad.v[i].index,
                                   r->shards[s].bad.v[i].reason));
-    qsort(all.v, (size_t)all.n, sizeof *all.v, cmp_bad);
+    if (all.n) qsort(all.v, (size_t)all.n, sizeof *all.v, cmp_bad);
     f = fopen(tmp, "wb");
     CHECK_GOTO(f, LLAVA_EIO, "%s: %s", tmp, strerror(errno));
     for (int64_t i = 0; i < all.n; i++) {
