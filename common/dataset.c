@@ -31,6 +31,11 @@ uint64_t ds_fnv1a(uint64_t h, const void *data, size_t n) {
     return h;
 }
 
+uint64_t ds_shard_fold(uint64_t h, const uint8_t key[8], const void *value, size_t len) {
+    h = ds_fnv1a(h, key, 8);
+    return ds_fnv1a(h, value, len < DS_HEADER_BYTES ? len : DS_HEADER_BYTES);
+}
+
 void ds_key_encode(int64_t index, uint8_t key[8]) {
     uint64_t v = (uint64_t)index;
     for (int i = 7; i >= 0; i--, v >>= 8) key[i] = (uint8_t)(v & 0xff);
@@ -402,7 +407,7 @@ int ds_manifest_write(const char *dir, const ds_manifest_t *m, const char *creat
     json_put_str(f, m->template_name);
     fprintf(f, ",\n  \"image_size\": %d,\n  \"patch_size\": %d,\n  \"pad\": %s,\n  \"max_seq_len\": %d,\n",
             m->image_size, m->patch_size, m->pad ? "true" : "false", m->max_seq_len);
-    fprintf(f, "  \"checksum\": \"fnv1a64 of (8-byte key, value) of every record in key order\",\n");
+    fprintf(f, "  \"checksum\": \"fnv1a64 of (8-byte key, 32-byte record header) of every record in key order\",\n");
     fprintf(f, "  \"n_samples\": %lld,\n", (long long)m->n_samples);
     fprintf(f, "  \"counts\": {\"samples\": %lld, \"images\": %lld, \"text_only\": %lld, \"bad\": %lld, "
                "\"source_records\": %lld},\n",
@@ -568,8 +573,7 @@ int64_t ds_reader_verify_shard(ds_reader_t *r, int s, ds_damage_cb cb, void *ud)
     char msg[300], err[200];
     int mrc;
     for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == 0; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-        h = ds_fnv1a(h, k.mv_data, k.mv_size);
-        h = ds_fnv1a(h, v.mv_data, v.mv_size);
+        if (k.mv_size == 8) h = ds_shard_fold(h, k.mv_data, v.mv_data, v.mv_size);
         bytes += (int64_t)v.mv_size;
         if (k.mv_size != 8) {
             keys_bad = 1;

@@ -48,10 +48,13 @@ int ds_record_encode(void *buf, size_t cap, size_t *len, const char *id, const i
  *  payload checksum. Returns 0 or LLAVA_EFORMAT (the reason is written to err, which may be NULL). */
 int ds_record_decode(const void *buf, size_t len, int check_sum, ds_record_t *out, char *err, size_t errlen);
 
-/** 64-bit FNV-1a, continuing from h (start with DS_FNV_INIT). Shard checksums fold key and value bytes of every
- *  record in key order into one such hash. */
+/** 64-bit FNV-1a, continuing from h (start with DS_FNV_INIT). */
 #define DS_FNV_INIT 0xcbf29ce484222325ULL
 uint64_t ds_fnv1a(uint64_t h, const void *data, size_t n);
+/** Folds one record into a shard checksum (start with DS_FNV_INIT, records in key order): FNV-1a of its 8 key bytes
+ *  and its 32-byte header, which holds the FNV-1a of the rest of the record. So the shard checksum covers every byte
+ *  through the record checksums, and the writer need not hash the pixels a second time. */
+uint64_t ds_shard_fold(uint64_t h, const uint8_t key[8], const void *value, size_t len);
 /** 8-byte big-endian key of a global sample index (so LMDB cursor order is index order). */
 void ds_key_encode(int64_t index, uint8_t key[8]);
 int64_t ds_key_decode(const uint8_t key[8]);

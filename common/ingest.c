@@ -388,8 +388,10 @@ static int shard_scan(const char *path, uint64_t *sum, int64_t *bytes, int64_t *
     MDB_val k, v;
     for (mrc = mdb_cursor_get(c, &k, &v, MDB_FIRST); mrc == 0; mrc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
         if (*first < 0 && k.mv_size == 8) *first = ds_key_decode(k.mv_data);
-        *sum = ds_fnv1a(*sum, k.mv_data, k.mv_size);
-        *sum = ds_fnv1a(*sum, v.mv_data, v.mv_size);
+        ds_record_t rec;
+        CHECK_GOTO(k.mv_size == 8 && ds_record_decode(v.mv_data, v.mv_size, 1, &rec, NULL, 0) == 0, LLAVA_EFORMAT,
+                   "%s: a damaged record", path);
+        *sum = ds_shard_fold(*sum, k.mv_data, v.mv_data, v.mv_size);
         *bytes += (int64_t)v.mv_size;
         (*count)++;
     }
@@ -749,7 +751,7 @@ static int write_all(run_t *r, pool_t *p, FILE *progress, int64_t vi0, ingest_st
         }
         uint8_t kb[8];
         ds_key_encode(next_index, kb);
-        cur.info.checksum = ds_fnv1a(ds_fnv1a(cur.info.checksum, kb, 8), s.rec, s.len);
+        cur.info.checksum = ds_shard_fold(cur.info.checksum, kb, s.rec, s.len);
         cur.info.bytes += (int64_t)s.len;
         rc = shard_rec_push_sample(&cur, s.n_tokens, s.n_images);
         if (rc) {

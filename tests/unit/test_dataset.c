@@ -237,7 +237,7 @@ static void write_shard(const char *path, int64_t first, const ds_record_t *recs
         ds_key_encode(first + i, kb);
         MDB_val k = {8, kb}, v = {lens[i], bufs[i]};
         CHECK(mdb_put(txn, dbi, &k, &v, MDB_APPEND) == 0);
-        sh->checksum = ds_fnv1a(ds_fnv1a(sh->checksum, kb, 8), bufs[i], lens[i]);
+        sh->checksum = ds_shard_fold(sh->checksum, kb, bufs[i], lens[i]);
         sh->bytes += (int64_t)lens[i];
     }
     CHECK(mdb_txn_commit(txn) == 0);
@@ -312,9 +312,19 @@ static void test_reader(void) {
     m.shards[0] = keep; /* the manifest keeps the good checksum */
     CHECK_RC(ds_reader_open(dir, &rd), 0);
     damage_count = 0;
-    CHECK_EQ_INT(ds_reader_verify_shard(rd, 0, on_damage, NULL), 2); /* the record + the shard checksum */
-    CHECK_EQ_INT(damage_count, 2);
+    CHECK_EQ_INT(ds_reader_verify_shard(rd, 0, on_damage, NULL), 1); /* the record's checksum */
+    CHECK_EQ_INT(damage_count, 1);
     CHECK_RC(ds_reader_get(rd, 0, &got), 0);
+    ds_reader_close(&rd);
+    /* a shard checksum that disagrees with the manifest */
+    b1[lens[0] - 5] ^= 0x40;
+    write_shard(path, 0, r, bufs, lens, 2, &m.shards[0]);
+    m.shards[0].checksum ^= 1;
+    CHECK_RC(ds_manifest_write(dir, &m, NULL), 0);
+    CHECK_RC(ds_reader_open(dir, &rd), 0);
+    damage_count = 0;
+    CHECK_EQ_INT(ds_reader_verify_shard(rd, 0, on_damage, NULL), 1);
+    CHECK_EQ_INT(damage_count, 1);
     ds_reader_close(&rd);
     /* a missing shard file */
     unlink(path);
