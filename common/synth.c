@@ -17,6 +17,7 @@
 #include <png.h>
 
 #include "common/err.h"
+#include "common/ingest.h"
 
 /* ---------------------------------------------------------------- deterministic RNG (splitmix64) */
 
@@ -605,7 +606,7 @@ cleanup:
 
 static void synth_usage(FILE *f) {
     fprintf(f, "usage: llava-data synth --out DIR [--n N] [--n-test M] [--seed S] [--image-size P] [--vocab-size V]\n"
-               "                        [--no-tokenizer] [--spm-train PROG]\n"
+               "                        [--no-tokenizer] [--spm-train PROG] [--ingest S [--jobs K]]\n"
                "  Draws N training and M held-out images of 1-3 coloured shapes (PNG, P x P) and writes, under DIR:\n"
                "    pretrain.json   captions, CC-595K form (stage 1, template plain)\n"
                "    instruct.json   conversations, detailed descriptions, reasoning and multiple-choice questions\n"
@@ -616,11 +617,15 @@ static void synth_usage(FILE *f) {
                "    tokenizer.model BPE tokenizer (byte fallback, split digits, identity normalisation, unk 0, bos 1,\n"
                "                    eos 2) trained with spm_train on tokenizer-corpus.txt\n"
                "  Defaults: --n 1000 --n-test 200 --seed 1 --image-size 64 --vocab-size 1000. Output is a function\n"
-               "  of the options only. Ingest with images dir = DIR.\n");
+               "  of the options only. Ingest with images dir = DIR and DIR/tokenizer.model.\n"
+               "  --ingest S   then ingest them for a vision tower of S px (multiple of 14): DIR/pretrain (template\n"
+               "               plain) and DIR/instruct (vicuna_v1) dataset directories, with --jobs K threads\n"
+               "  --spm-train PROG: a program name on PATH or an absolute path (it runs inside DIR).\n");
 }
 
 int llava_data_synth_main(int argc, char **argv) {
     synth_opts_t o = {.n = 1000, .n_test = 200, .seed = 1, .image_size = 64, .vocab_size = 1000, .tokenizer = 1};
+    int ingest_size = 0, jobs = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -645,6 +650,8 @@ int llava_data_synth_main(int argc, char **argv) {
         else if (num && !strcmp(a, "--seed") && x >= 0) o.seed = (uint64_t)x;
         else if (num && !strcmp(a, "--image-size") && x >= 8 && x <= 4096) o.image_size = (int)x;
         else if (num && !strcmp(a, "--vocab-size") && x >= 300 && x <= 100000) o.vocab_size = (int)x;
+        else if (num && !strcmp(a, "--ingest") && x >= 14 && x <= 4096 && x % 14 == 0) ingest_size = (int)x;
+        else if (num && !strcmp(a, "--jobs") && x >= 1 && x <= 1024) jobs = (int)x;
         else {
             fprintf(stderr, "synth: bad option or value: %s %s\n", a, v);
             synth_usage(stderr);
@@ -663,5 +670,32 @@ int llava_data_synth_main(int argc, char **argv) {
         return 1;
     }
     printf("synth: %d training + %d held-out images, files in %s\n", o.n, o.n_test, o.out_dir);
+    if (!ingest_size) return 0;
+    if (!o.tokenizer) {
+        fprintf(stderr, "synth: --ingest needs the tokenizer (drop --no-tokenizer)\n");
+        return 2;
+    }
+    if (jobs == 0) {
+        long np = sysconf(_SC_NPROCESSORS_ONLN);
+        jobs = np > 0 ? (int)np : 1;
+    }
+    char json[4200], tok[4200], out[4200];
+    snprintf(tok, sizeof tok, "%s/tokenizer.model", o.out_dir);
+    const char *names[2] = {"pretrain", "instruct"};
+    const template_t tpls[2] = {TPL_PLAIN, TPL_VICUNA_V1};
+    for (int k = 0; k < 2; k++) {
+        snprintf(json, sizeof json, "%s/%s.json", o.out_dir, names[k]);
+        snprintf(out, sizeof out, "%s/%s", o.out_dir, names[k]);
+        ingest_opts_t io = {.json_path = json, .images_dir = o.out_dir, .tokenizer_path = tok, .out_dir = out,
+                            .tpl = tpls[k], .image_size = ingest_size, .shard_samples = 10000, .jobs = jobs,
+                            .bad_fail = 1};
+        ingest_stats_t st;
+        if ((rc = ingest_run(&io, &st)) != 0) {
+            fprintf(stderr, "synth: ingest of %s: %s\n", json, err_str(rc));
+            return 1;
+        }
+        printf("synth: %s: %lld samples at %d px (%s)\n", out, (long long)st.n_samples, ingest_size,
+               template_name(tpls[k]));
+    }
     return 0;
 }
