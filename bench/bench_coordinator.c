@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "common/dataset.h"
 #include "common/err.h"
 #include "common/wire.h"
 #include "coordinator/client.h"
@@ -38,25 +39,32 @@ static void send_msg(simw_t *w, int type, int64_t step, cJSON *body) {
     cJSON_Delete(m.body);
 }
 
-static int write_manifest(const char *dir, int64_t n, int shards) {
-    char path[700];
+/* A text-only dataset manifest (no records needed: simulated workers never read them). */
+static int write_manifest(const char *dir, int64_t n, int nshards) {
     mkdir(dir, 0755);
-    snprintf(path, sizeof path, "%s/manifest.json", dir);
-    FILE *f = fopen(path, "w");
-    if (!f) return -1;
-    fprintf(f, "{\"n_samples\": %lld, \"image_size\": 0, \"lengths\": [", (long long)n);
-    for (int64_t i = 0; i < n; i++) fprintf(f, "%s%d", i ? "," : "", 50 + (int)(i % 100));
-    fprintf(f, "], \"n_images\": [");
-    for (int64_t i = 0; i < n; i++) fprintf(f, "%s0", i ? "," : "");
-    fprintf(f, "], \"shards\": [");
-    int64_t per = (n + shards - 1) / shards;
-    for (int s = 0; s < shards; s++) {
-        int64_t first = s * per, count = first + per <= n ? per : n - first;
-        fprintf(f, "%s{\"name\": \"shard-%05d.lmdb\", \"first\": %lld, \"count\": %lld}", s ? "," : "", s,
-                (long long)first, (long long)count);
+    ds_manifest_t m;
+    memset(&m, 0, sizeof m);
+    m.version = 1;
+    m.n_samples = m.n_text_only = m.n_source = n;
+    m.patch_size = 14;
+    snprintf(m.template_name, sizeof m.template_name, "plain");
+    m.lengths = calloc((size_t)n, sizeof *m.lengths);
+    m.n_images = calloc((size_t)n, sizeof *m.n_images);
+    m.shards = calloc((size_t)nshards, sizeof *m.shards);
+    if (!m.lengths || !m.n_images || !m.shards) return -1;
+    for (int64_t i = 0; i < n; i++) m.lengths[i] = 50 + (int32_t)(i % 100);
+    int64_t per = (n + nshards - 1) / nshards;
+    for (int s = 0; s < nshards; s++) {
+        snprintf(m.shards[s].name, sizeof m.shards[s].name, "shard-%05d.lmdb", s);
+        m.shards[s].first = s * per;
+        m.shards[s].count = m.shards[s].first + per <= n ? per : n - m.shards[s].first;
     }
-    fprintf(f, "]}\n");
-    return fclose(f);
+    m.n_shards = nshards;
+    int rc = ds_manifest_write(dir, &m, NULL);
+    free(m.lengths);
+    free(m.n_images);
+    free(m.shards);
+    return rc;
 }
 
 int main(int argc, char **argv) {
@@ -175,10 +183,14 @@ int main(int argc, char **argv) {
                     send_msg(&w[i], MSG_READY, -1, b);
                     break;
                 }
-                case MSG_GENERATION:
+                case MSG_GENERATION: {
                     w[i].gen = m.generation;
                     if (t0 == 0) t0 = now_s();
+                    cJSON *b = cJSON_CreateObject();
+                    cJSON_AddStringToObject(b, "endpoint", "sim");
+                    send_msg(&w[i], MSG_READY, -1, b);
                     break;
+                }
                 case MSG_MB: {
                     cJSON *b = cJSON_CreateObject();
                     cJSON_AddNumberToObject(b, "mb", wire_get_num(m.body, "mb", -1));

@@ -17,7 +17,7 @@ static const char *k_names[MSG_TYPE_MAX] = {
     [MSG_CKPT_DONE] = "CKPT_DONE", [MSG_FAILED] = "FAILED",     [MSG_WELCOME] = "WELCOME",
     [MSG_JOB] = "JOB",           [MSG_GENERATION] = "GENERATION", [MSG_MB] = "MB",
     [MSG_REDUCE] = "REDUCE",     [MSG_APPLY] = "APPLY",         [MSG_CKPT] = "CKPT",
-    [MSG_ABORT] = "ABORT",       [MSG_RELEASE] = "RELEASE",     [MSG_SHUTDOWN] = "SHUTDOWN",
+    [MSG_ABORT] = "ABORT",       [MSG_RELEASE] = "RELEASE",     [MSG_SHUTDOWN] = "SHUTDOWN",  [MSG_PEERS] = "PEERS",
     [MSG_SUBMIT] = "SUBMIT",     [MSG_STATUS] = "STATUS",       [MSG_CANCEL] = "CANCEL",
     [MSG_WORKERS] = "WORKERS",   [MSG_LEDGER] = "LEDGER",       [MSG_REPLY] = "REPLY",
 };

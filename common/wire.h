@@ -34,7 +34,7 @@ typedef enum {
     /* coordinator -> worker */
     MSG_WELCOME = 32,  /* {worker_id, heartbeat_ms} */
     MSG_JOB,           /* {spec, ...}: load the model for this job */
-    MSG_GENERATION,    /* {rank, world, peers[]}: form the ring of this generation */
+    MSG_GENERATION,    /* {rank, world}: a new membership; bind a ring endpoint, answer READY {endpoint} */
     MSG_MB,            /* {mb, samples[]}: compute this micro-batch, accumulate */
     MSG_REDUCE,        /* {n_targets, lr}: all-reduce the step's gradients */
     MSG_APPLY,         /* {}: the step is committed; apply the update */
@@ -42,6 +42,7 @@ typedef enum {
     MSG_ABORT,         /* {reason}: drop the step's in-flight work (new generation follows) */
     MSG_RELEASE,       /* {}: job over; unload and wait for the next */
     MSG_SHUTDOWN,      /* {}: exit */
+    MSG_PEERS,         /* {peers[]}: every member bound its endpoint for this generation; connect the ring */
     /* llavactl <-> coordinator */
     MSG_SUBMIT = 64,   /* {spec} -> MSG_REPLY {job} */
     MSG_STATUS,        /* {job?} -> MSG_REPLY {...} */

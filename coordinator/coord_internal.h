@@ -37,6 +37,7 @@ typedef struct {
     double step_ms;
     int64_t reduced_step;
     uint32_t reduced_gen;
+    uint32_t ring_gen; /* generation whose ring endpoint this worker reported */
     char dead_reason[160];
 } worker_t;
 
@@ -75,6 +76,7 @@ typedef struct {
     int *members;       /* worker ids in rank order */
     int nmembers;
     int n_reduced;
+    int ring_connected, reduce_pending;
     double grad_norm, step_lr;
     double t_start, t_wait_start, t_step_start;
     int64_t samples_run, tokens_run; /* committed by this run, for rates */

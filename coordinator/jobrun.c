@@ -97,21 +97,22 @@ static int open_metrics(jobrun_t *j, int64_t keep_steps) {
 
 /* ---- generations, steps, dispatch ---- */
 
+/* A new membership: each member binds a ring endpoint for it and answers READY; PEERS follows once all have
+ * (ring_connected). Micro-batches need no ring, so they flow meanwhile; only REDUCE waits for it. */
 static void new_generation(coord_t *c) {
     jobrun_t *j = c->job;
     j->gen++;
-    cJSON *peers = cJSON_CreateArray();
-    for (int r = 0; r < j->nmembers; r++) cJSON_AddItemToArray(peers, cJSON_CreateString(member(c, r)->endpoint));
+    j->ring_connected = 0;
     for (int r = 0; r < j->nmembers; r++) {
         worker_t *w = member(c, r);
         w->rank = r;
+        w->endpoint[0] = 0;
+        w->ring_gen = 0;
         cJSON *b = cJSON_CreateObject();
         cJSON_AddNumberToObject(b, "rank", r);
         cJSON_AddNumberToObject(b, "world", j->nmembers);
-        cJSON_AddItemToObject(b, "peers", cJSON_Duplicate(peers, 1));
         send_simple(c, w, MSG_GENERATION, b);
     }
-    cJSON_Delete(peers);
     LOG_I("job %llu: generation %u with %d worker(s)", (unsigned long long)j->id, j->gen, j->nmembers);
 }
 
@@ -182,6 +183,7 @@ static void start_step(coord_t *c) {
     }
     for (int64_t k = 0; k < j->nmb; k++) j->mbs[k].owner = -1;
     j->phase = P_COMPUTE;
+    j->reduce_pending = 0;
     j->t_step_start = coord_now();
     dispatch(c);
 }
@@ -196,6 +198,8 @@ static double step_lr(const jobrun_t *j, int64_t step) {
 
 static void begin_reduce(coord_t *c) {
     jobrun_t *j = c->job;
+    j->reduce_pending = !j->ring_connected;
+    if (j->reduce_pending) return; /* connect_ring calls again */
     int64_t n_targets = 0;
     for (int64_t k = 0; k < j->nmb; k++) n_targets += j->mbs[k].n_targets;
     j->phase = P_REDUCE;
@@ -419,16 +423,38 @@ static int is_member(const jobrun_t *j, const worker_t *w) {
     return 0;
 }
 
+static void connect_ring(coord_t *c) {
+    jobrun_t *j = c->job;
+    cJSON *peers = cJSON_CreateArray();
+    for (int r = 0; r < j->nmembers; r++) cJSON_AddItemToArray(peers, cJSON_CreateString(member(c, r)->endpoint));
+    for (int r = 0; r < j->nmembers; r++) {
+        cJSON *b = cJSON_CreateObject();
+        cJSON_AddItemToObject(b, "peers", cJSON_Duplicate(peers, 1));
+        send_simple(c, member(c, r), MSG_PEERS, b);
+    }
+    cJSON_Delete(peers);
+    j->ring_connected = 1;
+    if (j->reduce_pending) begin_reduce(c);
+}
+
 static void on_ready(coord_t *c, worker_t *w, const wire_msg_t *m) {
     jobrun_t *j = c->job;
-    if (j->phase != P_LOADING || w->state != W_LOADING) return;
+    if (m->generation == 0) { /* the job is loaded */
+        if (j->phase != P_LOADING || w->state != W_LOADING) return;
+        w->state = W_READY;
+        for (int r = 0; r < j->nmembers; r++)
+            if (member(c, r)->state != W_READY) return;
+        new_generation(c);
+        j->t_start = coord_now();
+        start_step(c);
+        return;
+    }
+    if (m->generation != j->gen || j->ring_connected) return; /* an older generation's endpoint */
     snprintf(w->endpoint, sizeof w->endpoint, "%s", wire_get_str(m->body, "endpoint", ""));
-    w->state = W_READY;
+    w->ring_gen = j->gen;
     for (int r = 0; r < j->nmembers; r++)
-        if (member(c, r)->state != W_READY) return;
-    new_generation(c);
-    j->t_start = coord_now();
-    start_step(c);
+        if (member(c, r)->ring_gen != j->gen) return;
+    connect_ring(c);
 }
 
 static void on_mb_done(coord_t *c, worker_t *w, const wire_msg_t *m) {

@@ -1,5 +1,6 @@
 /* Tests coordinator/datainfo: manifest reading, image expansion of lengths, the cap, shard lookup, and that each
  * malformed manifest is refused with a message. Run: ctest -R test_datainfo */
+#include "common/dataset.h"
 #include "common/err.h"
 #include "coordinator/datainfo.h"
 #include "tests/test.h"
@@ -12,13 +13,32 @@ static void write_text(const char *dir, const char *text) {
     fclose(f);
 }
 
+/* A manifest written by the dataset module itself: 5 samples in 2 shards, 28 px images (patch 14). */
+static void write_manifest(const char *dir) {
+    ds_manifest_t m;
+    memset(&m, 0, sizeof m);
+    int32_t lengths[5] = {10, 20, 30, 40, 3000}, n_images[5] = {1, 0, 2, 0, 1};
+    ds_shard_t shards[2] = {{.name = "a", .first = 0, .count = 2}, {.name = "b", .first = 2, .count = 3}};
+    m.version = 1;
+    m.n_samples = 5;
+    m.n_images_total = 4;
+    m.n_text_only = 2;
+    m.n_source = 5;
+    m.image_size = 28;
+    m.patch_size = 14;
+    snprintf(m.template_name, sizeof m.template_name, "plain");
+    m.n_shards = 2;
+    m.shards = shards;
+    m.lengths = lengths;
+    m.n_images = n_images;
+    CHECK_RC(ds_manifest_write(dir, &m, NULL), 0);
+}
+
 int main(void) {
     log_set_level(LOG_NONE);
     const char *dir = test_tmpdir();
     datainfo_t d;
-    write_text(dir, "{\"n_samples\": 5, \"image_size\": 28, \"lengths\": [10, 20, 30, 40, 3000],"
-                    " \"n_images\": [1, 0, 2, 0, 1],"
-                    " \"shards\": [{\"name\": \"a\", \"first\": 0, \"count\": 2}, {\"name\": \"b\", \"first\": 2, \"count\": 3}]}");
+    write_manifest(dir);
     CHECK_RC(datainfo_load(dir, 0, 2048, &d), 0);
     CHECK_EQ_INT(d.n_samples, 5);
     CHECK_EQ_INT(d.lengths[0], 10 + 3);     /* 28 px / 14 = 2x2 = 4 patches: placeholder becomes 4 tokens */

@@ -1,0 +1,224 @@
+/* The model backend: the LLaVA model on the CPU kernels (worker/model_llava.h), fed by collate from the job's
+ * LMDB dataset. Loads the starting weights the job names (a checkpoint to resume, a run or checkpoint dir to init
+ * from, a whole HF LLaVA dir, or a CLIP dir + a LLaMA dir + a fresh projector); checkpoints hold the model in the
+ * Hugging Face layout plus optimizer.safetensors. Tested by tests/integration/demo_small.sh. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/dataset.h"
+#include "common/err.h"
+#include "kernels/cpu/ops.h"
+#include "worker/backend.h"
+#include "worker/model_llava.h"
+
+typedef struct {
+    llava_model_t *model;
+    ds_reader_t *data;
+    train_mode_t mode;
+    collate_opts_t copts;
+    adamw_opts_t adam;
+    int bad_fail;
+} model_backend_t;
+
+static const cJSON *jget(const cJSON *o, const char *a, const char *b) {
+    return cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, a), b);
+}
+static const char *jstr(const cJSON *o, const char *a, const char *b) {
+    const cJSON *v = jget(o, a, b);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+static double jnum(const cJSON *o, const char *a, const char *b, double d) {
+    const cJSON *v = jget(o, a, b);
+    return cJSON_IsNumber(v) ? v->valuedouble : d;
+}
+
+/* A run dir (holding `latest`) names its newest checkpoint; anything else is used as it is. */
+static void resolve_run_dir(const char *dir, char *out, size_t len) {
+    char p[2048], name[256] = "";
+    snprintf(p, sizeof p, "%s/latest", dir);
+    FILE *f = fopen(p, "r");
+    if (f && fgets(name, sizeof name, f)) {
+        name[strcspn(name, "\r\n")] = 0;
+        snprintf(out, len, "%s/%s", dir, name);
+    } else {
+        snprintf(out, len, "%s", dir);
+    }
+    if (f) fclose(f);
+}
+
+static int load_weights(model_backend_t *mb, const cJSON *job, const cJSON *spec, char *from, size_t fromlen,
+                        char *err, size_t errlen) {
+    const cJSON *resume = cJSON_GetObjectItemCaseSensitive(job, "resume");
+    const char *init = jstr(spec, "model", "init_from"), *llava = jstr(spec, "model", "llava");
+    const char *vt = jstr(spec, "model", "vision_tower"), *lm = jstr(spec, "model", "language_model");
+    int rc;
+    if (cJSON_IsString(resume)) snprintf(from, fromlen, "%s", resume->valuestring);
+    else if (init) resolve_run_dir(init, from, fromlen);
+    else if (llava) snprintf(from, fromlen, "%s", llava);
+    else from[0] = 0;
+    if (from[0]) {
+        rc = llava_model_load(from, &mb->model);
+        if (rc) snprintf(err, errlen, "cannot load the model from %s: %s (see the worker log)", from, err_str(rc));
+        return rc;
+    }
+    if (!vt || !lm) {
+        snprintf(err, errlen, "the job names no model (model.llava, model.init_from, or vision_tower + language_model)");
+        return LLAVA_ECONFIG;
+    }
+    llava_load_opts_t o;
+    llava_load_opts_default(&o);
+    const char *proj = jstr(spec, "model", "projector");
+    o.projector = proj && strcmp(proj, "linear") == 0 ? PROJ_LINEAR : PROJ_MLP2X_GELU;
+    o.vision_feature_layer = (int)jnum(spec, "model", "vision_select_layer", -2);
+    o.seed = (uint64_t)jnum(spec, "train", "seed", 42);
+    snprintf(from, fromlen, "%s + %s", vt, lm);
+    rc = llava_model_load_parts(vt, lm, &o, &mb->model);
+    if (rc) snprintf(err, errlen, "cannot build the model from %s: %s (see the worker log)", from, err_str(rc));
+    return rc;
+}
+
+static void model_release(backend_t *b) {
+    model_backend_t *mb = b->impl;
+    llava_model_free(&mb->model);
+    ds_reader_close(&mb->data);
+}
+
+static int model_job_load(backend_t *b, const cJSON *job, char *err, size_t errlen) {
+    model_backend_t *mb = b->impl;
+    model_release(b);
+    const cJSON *spec = cJSON_GetObjectItemCaseSensitive(job, "spec");
+    char from[2048];
+    int rc = load_weights(mb, job, spec, from, sizeof from, err, errlen);
+    if (rc) return rc;
+    mb->mode = TRAIN_PROJECTOR;
+    const cJSON *tr = jget(spec, "train", "trainable"), *t;
+    cJSON_ArrayForEach(t, tr) if (cJSON_IsString(t) && strcmp(t->valuestring, "language_model") == 0) mb->mode =
+        TRAIN_ALL;
+    rc = llava_grads_prepare(mb->model, mb->mode);
+    if (rc) {
+        snprintf(err, errlen, "cannot allocate gradients: %s", err_str(rc));
+        return rc;
+    }
+    const cJSON *resume = cJSON_GetObjectItemCaseSensitive(job, "resume");
+    if (cJSON_IsString(resume)) {
+        char p[2100];
+        snprintf(p, sizeof p, "%s/optimizer.safetensors", resume->valuestring);
+        rc = llava_optim_load(mb->model, p);
+        if (rc) {
+            snprintf(err, errlen, "cannot resume the optimizer from %s: %s", p, err_str(rc));
+            return rc;
+        }
+    }
+    const char *train = jstr(spec, "data", "train");
+    rc = train ? ds_reader_open(train, &mb->data) : LLAVA_ECONFIG;
+    if (rc) {
+        snprintf(err, errlen, "cannot open dataset %s: %s", train ? train : "(none)", err_str(rc));
+        return rc;
+    }
+    const llava_config_t *cfg = &mb->model->cfg;
+    int ds_size = ds_reader_manifest(mb->data)->image_size;
+    if (ds_size > 0 && ds_size != cfg->vision.image_size) {
+        snprintf(err, errlen, "dataset %s holds %d px images but the model's vision tower takes %d px", train, ds_size,
+                 cfg->vision.image_size);
+        return LLAVA_ECONFIG;
+    }
+    memset(&mb->copts, 0, sizeof mb->copts);
+    mb->copts.image_token_index = (int32_t)cfg->image_token_index;
+    mb->copts.n_patches = mb->model->feat_rows;
+    mb->copts.pad_token_id = cfg->text.pad_token_id >= 0 ? (int32_t)cfg->text.pad_token_id : 0;
+    mb->copts.max_seq_len = (int)jnum(spec, "data", "max_seq_len", 2048);
+    const char *bad = jstr(spec, "data", "bad_records");
+    mb->bad_fail = bad && strcmp(bad, "fail") == 0;
+    mb->adam = (adamw_opts_t){.beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
+                              .weight_decay = jnum(spec, "train", "weight_decay", 0.0),
+                              .max_grad_norm = jnum(spec, "train", "max_grad_norm", 1.0)};
+    LOG_I("job loaded: model from %s (%s mode), dataset %s", from, mb->mode == TRAIN_ALL ? "all" : "projector",
+          train);
+    return 0;
+}
+
+static int model_run_mb(backend_t *b, const int64_t *samples, int n, mb_result_t *out, char *err, size_t errlen) {
+    model_backend_t *mb = b->impl;
+    batch_t batch = {0};
+    memset(out, 0, sizeof *out);
+    int rc = ds_collate(mb->data, samples, n, &mb->copts, &batch);
+    if (rc) {
+        snprintf(err, errlen, "cannot collate %d samples (first %lld): %s", n, (long long)samples[0], err_str(rc));
+        return rc;
+    }
+    double loss = 0;
+    int64_t nt = 0;
+    rc = llava_forward_backward(mb->model, &batch, mb->mode, &loss, &nt, 1);
+    if (rc) snprintf(err, errlen, "forward/backward failed: %s", err_str(rc));
+    out->loss_sum = loss;
+    out->n_targets = nt;
+    for (int r = 0; r < batch.B; r++) out->tokens += batch.lengths[r];
+    batch_free(&batch);
+    return rc;
+}
+
+static float *model_grads(backend_t *b, size_t *n) {
+    model_backend_t *mb = b->impl;
+    return llava_grads_data(mb->model, n);
+}
+
+static int model_apply(backend_t *b, float *g, double scale, double lr, int64_t step, double *grad_norm, char *err,
+                       size_t errlen) {
+    (void)step;
+    model_backend_t *mb = b->impl;
+    size_t n = 0;
+    float *acc = llava_grads_data(mb->model, &n);
+    memcpy(acc, g, n * sizeof *acc); /* the optimizer reads the model's gradient arena */
+    mb->adam.lr = lr;
+    int rc = llava_adamw_step(mb->model, &mb->adam, scale, grad_norm);
+    if (rc) snprintf(err, errlen, "optimizer step failed: %s", err_str(rc));
+    return rc;
+}
+
+static void model_zero(backend_t *b) { llava_grads_zero(((model_backend_t *)b->impl)->model); }
+
+static int model_checkpoint(backend_t *b, const char *dir, const cJSON *trainer_state, char *err, size_t errlen) {
+    (void)trainer_state;
+    model_backend_t *mb = b->impl;
+    int rc = llava_model_save(mb->model, dir, (size_t)5 << 30);
+    if (rc) {
+        snprintf(err, errlen, "cannot save the model into %s: %s", dir, err_str(rc));
+        return rc;
+    }
+    char p[2100];
+    snprintf(p, sizeof p, "%s/optimizer.safetensors", dir);
+    rc = llava_optim_save(mb->model, p);
+    if (rc) snprintf(err, errlen, "cannot save the optimizer state into %s: %s", p, err_str(rc));
+    return rc;
+}
+
+static void model_destroy(backend_t *b) {
+    model_release(b);
+    free(b->impl);
+    free(b);
+}
+
+static const backend_ops_t k_model_ops = {
+    .name = "model", .job_load = model_job_load, .run_mb = model_run_mb, .grads = model_grads,
+    .apply = model_apply, .zero_grads = model_zero, .checkpoint = model_checkpoint, .job_release = model_release,
+    .destroy = model_destroy,
+};
+
+int backend_model_new(int threads, backend_t **out) {
+    backend_t *b = calloc(1, sizeof *b);
+    model_backend_t *mb = calloc(1, sizeof *mb);
+    if (!b || !mb) {
+        free(b);
+        free(mb);
+        return LLAVA_ENOMEM;
+    }
+    kernels_set_threads(threads);
+    b->ops = &k_model_ops;
+    b->impl = mb;
+    b->threads = threads;
+    *out = b;
+    return 0;
+}

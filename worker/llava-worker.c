@@ -1,0 +1,76 @@
+/* llava-worker: a worker daemon. Registers with the coordinator, loads each job's model once, runs micro-batches,
+ * joins the all-reduce of its generation, writes checkpoints when asked. Run: llava-worker --help. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "worker/worker.h"
+
+static volatile sig_atomic_t g_stop = 0; /* set by the signal handler; owned by main */
+
+static void on_signal(int sig) {
+    (void)sig;
+    g_stop = 1;
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: llava-worker --coordinator EP [options]\n"
+            "A worker daemon: runs forward/backward of the jobs the coordinator assigns.\n\n"
+            "  --coordinator EP   coordinator endpoint (e.g. tcp://127.0.0.1:5555; env LLAVA_COORDINATOR)\n"
+            "  --threads N        compute threads (default 1)\n"
+            "  --device DEV       cpu (default)\n"
+            "  --bind-host ADDR   address for the all-reduce endpoint (default 127.0.0.1)\n"
+            "  --backend NAME     model (default) or sim (no model: for tests and benchmarks)\n"
+            "  --sim-mb-ms MS     sim backend: milliseconds per micro-batch (default 0)\n"
+            "  -v, --verbose      debug logging\n"
+            "  -h, --help         this help\n");
+}
+
+int main(int argc, char **argv) {
+    log_set_role("worker", -1);
+    worker_config_t cfg = {.coordinator = getenv("LLAVA_COORDINATOR"), .backend = "model", .device = "cpu",
+                           .bind_host = "127.0.0.1", .threads = 1};
+    static const struct option opts[] = {{"coordinator", 1, 0, 'c'}, {"threads", 1, 0, 't'}, {"device", 1, 0, 'd'},
+                                         {"bind-host", 1, 0, 'H'},    {"backend", 1, 0, 'B'}, {"sim-mb-ms", 1, 0, 'm'},
+                                         {"verbose", 0, 0, 'v'},      {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
+        switch (o) {
+        case 'c': cfg.coordinator = optarg; break;
+        case 't': cfg.threads = atoi(optarg); break;
+        case 'd': cfg.device = optarg; break;
+        case 'H': cfg.bind_host = optarg; break;
+        case 'B': cfg.backend = optarg; break;
+        case 'm': cfg.sim_mb_ms = atoi(optarg); break;
+        case 'v': log_set_level(LOG_DEBUG); break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!cfg.coordinator) {
+        fprintf(stderr, "llava-worker: --coordinator is required (try --help)\n");
+        return 2;
+    }
+    if (cfg.threads < 1 || cfg.threads > 1024) {
+        fprintf(stderr, "llava-worker: --threads must be 1..1024\n");
+        return 2;
+    }
+    if (strcmp(cfg.backend, "model") != 0 && strcmp(cfg.backend, "sim") != 0) {
+        fprintf(stderr, "llava-worker: --backend must be model or sim\n");
+        return 2;
+    }
+    if (strcmp(cfg.device, "cpu") != 0) {
+        fprintf(stderr, "llava-worker: device '%s' is not available in this build (cpu only)\n", cfg.device);
+        return 2;
+    }
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    return worker_run(&cfg, &g_stop);
+}
