@@ -1,0 +1,566 @@
+/* JPEG/PNG decoding to RGB as Pillow does it, and the CLIP preprocessing chain (expand2square, Pillow's BICUBIC
+ * resampler in fixed point, centre crop, normalisation). Tested by tests/unit/test_image.c (Pillow/transformers
+ * fixtures from tests/reference/make_image_fixtures.py, truncated/corrupt/bomb inputs under ASan). */
+#include "common/image.h"
+
+#include <errno.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jpeglib.h>
+#include <jerror.h>
+#include <png.h>
+
+#include "common/err.h"
+
+/* Pillow's Resample.c: 32 bits minus 8 for the pixel and 2 for the filter's negative lobes' headroom. */
+#define PRECISION_BITS (32 - 8 - 2)
+
+static const float CLIP_MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f};
+static const float CLIP_STD[3] = {0.26862954f, 0.26130258f, 0.27577711f};
+
+static void seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void seterr(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || !errlen) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+void image_free(image_t *img) {
+    if (!img) return;
+    free(img->rgb);
+    memset(img, 0, sizeof *img);
+}
+
+static int image_alloc(image_t *img, int w, int h) {
+    img->w = w;
+    img->h = h;
+    img->rgb = malloc((size_t)w * (size_t)h * 3 + 1);
+    return img->rgb ? 0 : LLAVA_ENOMEM;
+}
+
+static int check_dims(const char *name, size_t w, size_t h, size_t max_pixels, char *err, size_t errlen) {
+    if (w == 0 || h == 0 || w > 0x7fffffff || h > 0x7fffffff) {
+        seterr(err, errlen, "%s: bad image size %zux%zu", name, w, h);
+        return LLAVA_EFORMAT;
+    }
+    if (max_pixels == 0) max_pixels = IMAGE_MAX_PIXELS_DEFAULT;
+    if (w > max_pixels / h) {
+        seterr(err, errlen, "%s: image size %zux%zu (%.0f pixels) exceeds the limit of %zu pixels "
+                            "(possible decompression bomb)", name, w, h, (double)w * (double)h, max_pixels);
+        return LLAVA_EUNSUPPORTED;
+    }
+    return 0;
+}
+
+/* ---------------- JPEG ---------------- */
+
+typedef struct {
+    struct jpeg_error_mgr pub;
+    jmp_buf jb;
+    char msg[JMSG_LENGTH_MAX];
+} jpeg_err_t;
+
+static void jpeg_on_error(j_common_ptr cinfo) {
+    jpeg_err_t *e = (jpeg_err_t *)cinfo->err;
+    (*cinfo->err->format_message)(cinfo, e->msg);
+    longjmp(e->jb, 1);
+}
+
+static void jpeg_on_message(j_common_ptr cinfo) { (void)cinfo; }
+
+/* Corrupt-data warnings (premature end of data and the like): Pillow treats a truncated JPEG as an error
+ * ("image file is truncated") unless LOAD_TRUNCATED_IMAGES, so we do too. */
+static void jpeg_on_emit(j_common_ptr cinfo, int level) {
+    if (level < 0) {
+        jpeg_err_t *e = (jpeg_err_t *)cinfo->err;
+        if (cinfo->err->msg_code == JWRN_JPEG_EOF) {
+            (*cinfo->err->format_message)(cinfo, e->msg);
+            longjmp(e->jb, 1);
+        }
+    }
+}
+
+/* Pillow's MULDIV255 and cmyk2rgb (Convert.c), applied to the inverted ("CMYK;I") samples libjpeg returns. */
+static inline uint8_t muldiv255(int a, int b) {
+    int t = a * b + 128;
+    return (uint8_t)(((t >> 8) + t) >> 8);
+}
+
+static int decode_jpeg(const uint8_t *buf, size_t len, const char *name, size_t max_pixels, image_t *out, char *err,
+                       size_t errlen) {
+    struct jpeg_decompress_struct cinfo;
+    jpeg_err_t jerr;
+    /* Volatile: modified between setjmp and a possible longjmp. */
+    uint8_t *volatile row = NULL;
+    uint8_t *volatile pix = NULL;
+    volatile int rc = 0;
+    memset(&cinfo, 0, sizeof cinfo);
+    cinfo.err = jpeg_std_error(&jerr.pub);
+    jerr.pub.error_exit = jpeg_on_error;
+    jerr.pub.output_message = jpeg_on_message;
+    jerr.pub.emit_message = jpeg_on_emit;
+    jerr.msg[0] = 0;
+    if (setjmp(jerr.jb)) {
+        seterr(err, errlen, "%s: corrupt or truncated JPEG: %s", name, jerr.msg);
+        if (rc == 0) rc = LLAVA_EFORMAT;
+        goto cleanup;
+    }
+    jpeg_create_decompress(&cinfo);
+    jpeg_mem_src(&cinfo, buf, (unsigned long)len);
+    jpeg_read_header(&cinfo, TRUE);
+    {
+        int drc = check_dims(name, cinfo.image_width, cinfo.image_height, max_pixels, err, errlen);
+        if (drc) {
+            rc = drc;
+            goto cleanup;
+        }
+    }
+    int ncomp;
+    switch (cinfo.jpeg_color_space) {
+    case JCS_GRAYSCALE: cinfo.out_color_space = JCS_GRAYSCALE; ncomp = 1; break;
+    case JCS_CMYK:
+    case JCS_YCCK: cinfo.out_color_space = JCS_CMYK; ncomp = 4; break;
+    default: cinfo.out_color_space = JCS_RGB; ncomp = 3; break;
+    }
+    /* Pillow's decoder keeps libjpeg's defaults: JDCT_ISLOW, fancy upsampling, no scaling. */
+    jpeg_start_decompress(&cinfo);
+    int w = (int)cinfo.output_width, h = (int)cinfo.output_height;
+    pix = malloc((size_t)w * (size_t)h * 3 + 1);
+    row = malloc((size_t)w * (size_t)ncomp + 1);
+    if (!pix || !row) {
+        seterr(err, errlen, "%s: out of memory for %dx%d image", name, w, h);
+        rc = LLAVA_ENOMEM;
+        goto cleanup;
+    }
+    while (cinfo.output_scanline < cinfo.output_height) {
+        uint8_t *dst = pix + (size_t)cinfo.output_scanline * (size_t)w * 3;
+        JSAMPROW rp = ncomp == 3 ? dst : row;
+        jpeg_read_scanlines(&cinfo, &rp, 1);
+        if (ncomp == 1) {
+            for (int x = 0; x < w; x++) dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = row[x];
+        } else if (ncomp == 4) {
+            for (int x = 0; x < w; x++) {
+                const uint8_t *s = row + 4 * x;
+                int nk = s[3]; /* 255 - (255 - K') */
+                for (int c = 0; c < 3; c++) {
+                    int v = nk - muldiv255(255 - s[c], nk);
+                    dst[3 * x + c] = (uint8_t)(v < 0 ? 0 : v);
+                }
+            }
+        }
+    }
+    jpeg_finish_decompress(&cinfo);
+    out->w = w;
+    out->h = h;
+    out->rgb = pix;
+    pix = NULL;
+cleanup:
+    jpeg_destroy_decompress(&cinfo);
+    free(row);
+    free(pix);
+    return rc;
+}
+
+/* ---------------- PNG ---------------- */
+
+typedef struct {
+    const uint8_t *buf;
+    size_t len, pos;
+    char msg[256];
+    jmp_buf jb;
+} png_src_t;
+
+static void png_on_read(png_structp p, png_bytep data, size_t n) {
+    png_src_t *s = png_get_io_ptr(p);
+    if (n > s->len - s->pos) png_error(p, "unexpected end of file (truncated PNG)");
+    memcpy(data, s->buf + s->pos, n);
+    s->pos += n;
+}
+
+static void png_on_error(png_structp p, png_const_charp msg) {
+    png_src_t *s = png_get_error_ptr(p);
+    snprintf(s->msg, sizeof s->msg, "%s", msg);
+    longjmp(s->jb, 1);
+}
+
+static void png_on_warning(png_structp p, png_const_charp msg) {
+    (void)p;
+    (void)msg;
+}
+
+static int decode_png(const uint8_t *buf, size_t len, const char *name, size_t max_pixels, image_t *out, char *err,
+                      size_t errlen) {
+    png_src_t src = {.buf = buf, .len = len, .pos = 0};
+    png_structp png = NULL;
+    png_infop info = NULL;
+    uint8_t *volatile raw = NULL;
+    png_bytep *volatile rows = NULL;
+    uint8_t *volatile pix = NULL;
+    volatile int rc = 0;
+    png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &src, png_on_error, png_on_warning);
+    if (png) info = png_create_info_struct(png);
+    if (!png || !info) {
+        seterr(err, errlen, "%s: out of memory creating PNG reader", name);
+        rc = LLAVA_ENOMEM;
+        goto cleanup;
+    }
+    if (setjmp(src.jb)) {
+        seterr(err, errlen, "%s: corrupt or truncated PNG: %s", name, src.msg);
+        if (rc == 0) rc = LLAVA_EFORMAT;
+        goto cleanup;
+    }
+    /* Our own pixel limit applies, not libpng's 1M-per-side default. */
+    png_set_user_limits(png, 0x7fffffff, 0x7fffffff);
+    png_set_read_fn(png, &src, png_on_read);
+    png_read_info(png, info);
+    png_uint_32 w = png_get_image_width(png, info), h = png_get_image_height(png, info);
+    {
+        int drc = check_dims(name, w, h, max_pixels, err, errlen);
+        if (drc) {
+            rc = drc;
+            goto cleanup;
+        }
+    }
+    int ct = png_get_color_type(png, info), depth = png_get_bit_depth(png, info);
+    /* Pillow: palettes are looked up ignoring tRNS, 1/2/4-bit grey scaled to 0..255, alpha dropped by
+     * convert("RGB"), 16-bit RGB(A)/LA keep the high byte, 16-bit grey ("I;16") is clipped to 255. */
+    int grey16 = (ct == PNG_COLOR_TYPE_GRAY || ct == PNG_COLOR_TYPE_GRAY_ALPHA) && depth == 16;
+    if (ct == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+    if (ct == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+    if (depth == 16 && !grey16) png_set_strip_16(png);
+    if (depth == 16 && grey16) png_set_swap(png); /* little-endian 16-bit samples in memory */
+    if (ct & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(png);
+    png_set_interlace_handling(png);
+    png_read_update_info(png, info);
+    size_t rowbytes = png_get_rowbytes(png, info);
+    int ch = png_get_channels(png, info);
+    raw = malloc(rowbytes * h + 1);
+    rows = malloc(sizeof(png_bytep) * h);
+    pix = malloc((size_t)w * h * 3 + 1);
+    if (!raw || !rows || !pix) {
+        seterr(err, errlen, "%s: out of memory for %ux%u image", name, (unsigned)w, (unsigned)h);
+        rc = LLAVA_ENOMEM;
+        goto cleanup;
+    }
+    for (png_uint_32 y = 0; y < h; y++) rows[y] = raw + rowbytes * y;
+    png_read_image(png, rows);
+    png_read_end(png, NULL);
+    for (png_uint_32 y = 0; y < h; y++) {
+        const uint8_t *s = rows[y];
+        uint8_t *d = pix + (size_t)y * w * 3;
+        if (grey16 || ch == 1) {
+            for (png_uint_32 x = 0; x < w; x++) {
+                uint8_t v;
+                if (grey16) {
+                    const uint8_t *q = s + 2 * (size_t)x; /* ch == 1 after strip_alpha */
+                    v = q[1] ? 255 : q[0];
+                } else {
+                    v = s[x];
+                }
+                d[3 * x] = d[3 * x + 1] = d[3 * x + 2] = v;
+            }
+        } else {
+            memcpy(d, s, (size_t)w * 3);
+        }
+    }
+    out->w = (int)w;
+    out->h = (int)h;
+    out->rgb = pix;
+    pix = NULL;
+cleanup:
+    png_destroy_read_struct(png ? &png : NULL, info ? &info : NULL, NULL);
+    free(raw);
+    free(rows);
+    free(pix);
+    return rc;
+}
+
+static int image_load_named(const uint8_t *buf, size_t len, const char *name, size_t max_pixels, image_t *out,
+                            char *err, size_t errlen) {
+    if (!out) return LLAVA_EINVAL;
+    memset(out, 0, sizeof *out);
+    if (err && errlen) err[0] = 0;
+    if (!buf || len == 0) {
+        seterr(err, errlen, "%s: empty image data", name);
+        return LLAVA_EFORMAT;
+    }
+    static const uint8_t PNG_SIG[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    if (len >= 3 && buf[0] == 0xff && buf[1] == 0xd8 && buf[2] == 0xff)
+        return decode_jpeg(buf, len, name, max_pixels, out, err, errlen);
+    if (len >= 8 && memcmp(buf, PNG_SIG, 8) == 0) return decode_png(buf, len, name, max_pixels, out, err, errlen);
+    seterr(err, errlen, "%s: not a JPEG or PNG image (%zu bytes)", name, len);
+    return LLAVA_EFORMAT;
+}
+
+int image_load_mem(const uint8_t *buf, size_t len, size_t max_pixels, image_t *out, char *err, size_t errlen) {
+    return image_load_named(buf, len, "<memory>", max_pixels, out, err, errlen);
+}
+
+int image_load_file(const char *path, size_t max_pixels, image_t *out, char *err, size_t errlen) {
+    int rc = 0;
+    uint8_t *buf = NULL;
+    FILE *f = NULL;
+    if (!out || !path) return LLAVA_EINVAL;
+    memset(out, 0, sizeof *out);
+    f = fopen(path, "rb");
+    if (!f) {
+        seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return LLAVA_EIO;
+    }
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
+    if (n < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        seterr(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+        rc = LLAVA_EIO;
+        goto cleanup;
+    }
+    buf = malloc((size_t)n + 1);
+    if (!buf) {
+        seterr(err, errlen, "%s: out of memory reading %ld bytes", path, n);
+        rc = LLAVA_ENOMEM;
+        goto cleanup;
+    }
+    if (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        seterr(err, errlen, "%s: short read", path);
+        rc = LLAVA_EIO;
+        goto cleanup;
+    }
+    rc = image_load_named(buf, (size_t)n, path, max_pixels, out, err, errlen);
+cleanup:
+    if (f) fclose(f);
+    free(buf);
+    return rc;
+}
+
+/* ---------------- geometry ---------------- */
+
+int image_pad_square(const image_t *in, const uint8_t bg[3], image_t *out) {
+    if (!in || !in->rgb || !out || in->w <= 0 || in->h <= 0) return LLAVA_EINVAL;
+    int s = in->w > in->h ? in->w : in->h;
+    if (image_alloc(out, s, s)) return LLAVA_ENOMEM;
+    size_t npix = (size_t)s * s;
+    for (size_t i = 0; i < npix; i++) memcpy(out->rgb + 3 * i, bg, 3);
+    int ox = (s - in->w) / 2, oy = (s - in->h) / 2;
+    for (int y = 0; y < in->h; y++)
+        memcpy(out->rgb + ((size_t)(y + oy) * s + ox) * 3, in->rgb + (size_t)y * in->w * 3, (size_t)in->w * 3);
+    return 0;
+}
+
+int image_center_crop(const image_t *in, int crop_w, int crop_h, image_t *out) {
+    if (!in || !in->rgb || !out || crop_w <= 0 || crop_h <= 0 || crop_w > in->w || crop_h > in->h)
+        return LLAVA_EINVAL;
+    int top = (in->h - crop_h) / 2, left = (in->w - crop_w) / 2;
+    if (image_alloc(out, crop_w, crop_h)) return LLAVA_ENOMEM;
+    for (int y = 0; y < crop_h; y++)
+        memcpy(out->rgb + (size_t)y * crop_w * 3, in->rgb + ((size_t)(y + top) * in->w + left) * 3,
+               (size_t)crop_w * 3);
+    return 0;
+}
+
+/* ---------------- Pillow's BICUBIC resampler (Resample.c) ---------------- */
+
+static double bicubic_filter(double x) {
+    const double a = -0.5;
+    if (x < 0.0) x = -x;
+    if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+    if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+    return 0.0;
+}
+
+/* precompute_coeffs + normalize_coeffs_8bpc: per output index, the first input index, the tap count and
+ * ksize fixed-point weights. Returns ksize, or -1 when out of memory. */
+static int resample_coeffs(int in_size, int out_size, int **boundsp, int32_t **kkp) {
+    double scale = (double)in_size / out_size, filterscale = scale < 1.0 ? 1.0 : scale;
+    double support = 2.0 * filterscale;
+    int ksize = (int)ceil(support) * 2 + 1;
+    double *k = malloc(sizeof(double) * (size_t)ksize);
+    int32_t *kk = malloc(sizeof(int32_t) * (size_t)out_size * ksize);
+    int *bounds = malloc(sizeof(int) * 2 * (size_t)out_size);
+    if (!k || !kk || !bounds) {
+        free(k);
+        free(kk);
+        free(bounds);
+        return -1;
+    }
+    for (int xx = 0; xx < out_size; xx++) {
+        double center = (xx + 0.5) * scale, ww = 0.0, ss = 1.0 / filterscale;
+        int xmin = (int)(center - support + 0.5), xmax = (int)(center + support + 0.5), x;
+        if (xmin < 0) xmin = 0;
+        if (xmax > in_size) xmax = in_size;
+        xmax -= xmin;
+        for (x = 0; x < xmax; x++) {
+            double w = bicubic_filter((x + xmin - center + 0.5) * ss);
+            k[x] = w;
+            ww += w;
+        }
+        for (x = 0; x < xmax; x++)
+            if (ww != 0.0) k[x] /= ww;
+        for (; x < ksize; x++) k[x] = 0;
+        for (x = 0; x < ksize; x++)
+            kk[(size_t)xx * ksize + x] = k[x] < 0 ? (int32_t)(-0.5 + k[x] * (1 << PRECISION_BITS))
+                                                  : (int32_t)(0.5 + k[x] * (1 << PRECISION_BITS));
+        bounds[2 * xx] = xmin;
+        bounds[2 * xx + 1] = xmax;
+    }
+    free(k);
+    *boundsp = bounds;
+    *kkp = kk;
+    return ksize;
+}
+
+static inline uint8_t clip8(int32_t v) {
+    v >>= PRECISION_BITS;
+    return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+/* Horizontal pass over rows [y0, y0+nrows) of in into tmp (nrows x out_w). */
+static void resample_h(const uint8_t *in, int in_w, int y0, int nrows, uint8_t *tmp, int out_w, int ksize,
+                       const int *bounds, const int32_t *kk) {
+    for (int y = 0; y < nrows; y++) {
+        const uint8_t *src = in + (size_t)(y + y0) * in_w * 3;
+        uint8_t *dst = tmp + (size_t)y * out_w * 3;
+        for (int xx = 0; xx < out_w; xx++) {
+            int xmin = bounds[2 * xx], n = bounds[2 * xx + 1];
+            const int32_t *k = kk + (size_t)xx * ksize;
+            const uint8_t *p = src + (size_t)xmin * 3;
+            int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
+            for (int x = 0; x < n; x++) {
+                s0 += p[3 * x] * k[x];
+                s1 += p[3 * x + 1] * k[x];
+                s2 += p[3 * x + 2] * k[x];
+            }
+            dst[3 * xx] = clip8(s0);
+            dst[3 * xx + 1] = clip8(s1);
+            dst[3 * xx + 2] = clip8(s2);
+        }
+    }
+}
+
+/* Vertical pass: in (rows already offset so bounds index it) -> out (out_h x w). */
+static void resample_v(const uint8_t *in, int w, uint8_t *out, int out_h, int ksize, const int *bounds,
+                       const int32_t *kk, int yoff) {
+    size_t stride = (size_t)w * 3;
+    int32_t *acc = malloc(sizeof(int32_t) * stride);
+    for (int yy = 0; yy < out_h; yy++) {
+        int ymin = bounds[2 * yy] - yoff, n = bounds[2 * yy + 1];
+        const int32_t *k = kk + (size_t)yy * ksize;
+        uint8_t *dst = out + (size_t)yy * stride;
+        if (acc) {
+            for (size_t i = 0; i < stride; i++) acc[i] = 1 << (PRECISION_BITS - 1);
+            for (int y = 0; y < n; y++) {
+                const uint8_t *src = in + (size_t)(y + ymin) * stride;
+                int32_t ky = k[y];
+                for (size_t i = 0; i < stride; i++) acc[i] += src[i] * ky;
+            }
+            for (size_t i = 0; i < stride; i++) dst[i] = clip8(acc[i]);
+        } else {
+            for (size_t i = 0; i < stride; i++) {
+                int32_t s = 1 << (PRECISION_BITS - 1);
+                for (int y = 0; y < n; y++) s += in[(size_t)(y + ymin) * stride + i] * k[y];
+                dst[i] = clip8(s);
+            }
+        }
+    }
+    free(acc);
+}
+
+int image_resize_bicubic(const image_t *in, int out_w, int out_h, image_t *out) {
+    int rc = 0;
+    int *bh = NULL, *bv = NULL;
+    int32_t *kh = NULL, *kv = NULL;
+    uint8_t *tmp = NULL;
+    if (!in || !in->rgb || !out || out_w <= 0 || out_h <= 0) return LLAVA_EINVAL;
+    memset(out, 0, sizeof *out);
+    /* Image.resize returns a copy when the size is unchanged. */
+    int need_h = out_w != in->w, need_v = out_h != in->h;
+    CHECK_GOTO(image_alloc(out, out_w, out_h) == 0, LLAVA_ENOMEM, "out of memory: %dx%d image", out_w, out_h);
+    if (!need_h && !need_v) {
+        memcpy(out->rgb, in->rgb, (size_t)out_w * out_h * 3);
+        goto cleanup;
+    }
+    int ksh = resample_coeffs(in->w, out_w, &bh, &kh);
+    int ksv = resample_coeffs(in->h, out_h, &bv, &kv);
+    CHECK_GOTO(ksh > 0 && ksv > 0, LLAVA_ENOMEM, "out of memory: resample coefficients");
+    if (need_h) {
+        int yfirst = bv[0], ylast = bv[2 * out_h - 2] + bv[2 * out_h - 1];
+        if (!need_v) {
+            yfirst = 0;
+            ylast = in->h;
+        }
+        uint8_t *dst = need_v ? NULL : out->rgb;
+        if (need_v) {
+            tmp = malloc((size_t)out_w * (size_t)(ylast - yfirst) * 3 + 1);
+            ALLOC_CHECK_GOTO(tmp);
+            dst = tmp;
+        }
+        resample_h(in->rgb, in->w, yfirst, ylast - yfirst, dst, out_w, ksh, bh, kh);
+        if (need_v) resample_v(tmp, out_w, out->rgb, out_h, ksv, bv, kv, yfirst);
+    } else {
+        resample_v(in->rgb, in->w, out->rgb, out_h, ksv, bv, kv, 0);
+    }
+cleanup:
+    if (rc) image_free(out);
+    free(bh);
+    free(bv);
+    free(kh);
+    free(kv);
+    free(tmp);
+    return rc;
+}
+
+/* ---------------- CLIP ---------------- */
+
+void image_clip_resize_dims(int w, int h, int size, int *out_w, int *out_h) {
+    int s = w <= h ? w : h, l = w <= h ? h : w;
+    int nl = (int)((double)((long long)size * l) / (double)s);
+    if (w <= h) {
+        *out_w = size;
+        *out_h = nl;
+    } else {
+        *out_w = nl;
+        *out_h = size;
+    }
+}
+
+int image_clip_preprocess_u8(const image_t *in, int size, int pad, uint8_t *out_chw) {
+    static const uint8_t BG[3] = {122, 116, 104}; /* int(255 * CLIP mean) */
+    int rc = 0;
+    image_t sq = {0}, rs = {0}, cr = {0};
+    const image_t *cur = in;
+    if (!in || !in->rgb || size <= 0 || !out_chw) return LLAVA_EINVAL;
+    if (pad && in->w != in->h) {
+        RC_CHECK_GOTO(image_pad_square(in, BG, &sq));
+        cur = &sq;
+    }
+    int rw, rh;
+    image_clip_resize_dims(cur->w, cur->h, size, &rw, &rh);
+    RC_CHECK_GOTO(image_resize_bicubic(cur, rw, rh, &rs));
+    RC_CHECK_GOTO(image_center_crop(&rs, size, size, &cr));
+    size_t np = (size_t)size * size;
+    for (size_t i = 0; i < np; i++) {
+        out_chw[i] = cr.rgb[3 * i];
+        out_chw[np + i] = cr.rgb[3 * i + 1];
+        out_chw[2 * np + i] = cr.rgb[3 * i + 2];
+    }
+cleanup:
+    image_free(&sq);
+    image_free(&rs);
+    image_free(&cr);
+    return rc;
+}
+
+void image_normalize_clip(const uint8_t *chw, int size, float *out) {
+    size_t np = (size_t)size * size;
+    for (int c = 0; c < 3; c++)
+        for (size_t i = 0; i < np; i++) {
+            float x = (float)((double)chw[c * np + i] * (1.0 / 255.0));
+            out[c * np + i] = (x - CLIP_MEAN[c]) / CLIP_STD[c];
+        }
+}
