@@ -14,11 +14,9 @@
 #include <lmdb.h>
 
 #include "common/err.h"
+#include "common/image.h"
 
 #define PLACEHOLDER (-200)
-
-static const float CLIP_MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f};
-static const float CLIP_STD[3] = {0.26862954f, 0.26130258f, 0.27577711f};
 
 /* ---------------------------------------------------------------- hashing, keys, lengths */
 
@@ -619,14 +617,7 @@ cleanup:
 
 /* ---------------------------------------------------------------- collate */
 
-void ds_pixels_normalize(const uint8_t *chw, int size, float *out) {
-    size_t plane = (size_t)size * (size_t)size;
-    for (int c = 0; c < 3; c++) {
-        const float scale = 1.0f / 255.0f;
-        for (size_t i = 0; i < plane; i++)
-            out[c * plane + i] = ((float)chw[c * plane + i] * scale - CLIP_MEAN[c]) / CLIP_STD[c];
-    }
-}
+void ds_pixels_normalize(const uint8_t *chw, int size, float *out) { image_normalize_clip(chw, size, out); }
 
 int ds_collate_records(const ds_record_t *recs, int n, const collate_opts_t *o, batch_t *out) {
     int rc = 0;

@@ -147,7 +147,7 @@ int ds_collate(ds_reader_t *r, const int64_t *indices, int n, const collate_opts
 /** Same from records already decoded (used by ds_collate and by tests). */
 int ds_collate_records(const ds_record_t *recs, int n, const collate_opts_t *opts, batch_t *out);
 
-/** Normalises uint8 CHW pixels [3,S,S] to floats as CLIPImageProcessor (x/255 - mean) / std. */
+/** Normalises uint8 CHW pixels [3,S,S] to floats as CLIPImageProcessor, (x/255 - mean) / std (image_normalize_clip). */
 void ds_pixels_normalize(const uint8_t *chw, int size, float *out);
 
 #ifdef __cplusplus
