@@ -28,6 +28,7 @@ typedef struct {
     double f64[MAXR][3];
     int rc[MAXR], rc64[MAXR];
     uint64_t dropped[MAXR];
+    int injected_ok, destroyed[MAXR];
 } ring_case_t;
 
 typedef struct {
@@ -46,39 +47,46 @@ static void sleep_ms(int ms) {
     nanosleep(&ts, NULL);
 }
 
-/* A comm of the wrong generation/job posing as rank 0: its first pieces reach rank 1 and must be dropped. */
-static void inject_stale(const char *target, int world, uint64_t gen, const char *job) {
+/* Runs on a rank's thread, so it reports through its return value (the CHECK counters are not thread-safe).
+ * A comm of the wrong generation/job posing as rank 0: its first pieces reach rank 1 and must be dropped.
+ * Returns 1 when everything went as expected. */
+static int inject_stale(const char *target, int world, uint64_t gen, const char *job, uint64_t step) {
     comm_config_t cfg = {.rank = 0, .world = world, .generation = gen, .job_id = job, .chunk_bytes = 4096};
     comm_t *c = NULL;
     const char *ep = NULL, *peers[MAXR];
     float junk[64];
     for (int i = 0; i < 64; i++) junk[i] = 1e6f;
+    int ok = 1;
     for (int i = 0; i < world; i++) peers[i] = target;
-    CHECK_RC(comm_create(&cfg, &c), 0);
-    CHECK_RC(comm_bind(c, &ep), 0);
-    CHECK_RC(comm_connect(c, peers, world), 0);
-    CHECK_RC(comm_allreduce(c, junk, 64, 0, 100, NULL, NULL), LLAVA_ETIMEOUT); /* nobody answers it */
+    ok &= comm_create(&cfg, &c) == 0;
+    ok &= ok && comm_bind(c, &ep) == 0;
+    ok &= ok && comm_connect(c, peers, world) == 0;
+    ok &= ok && comm_allreduce(c, junk, 64, step, 100, NULL, NULL) == LLAVA_ETIMEOUT; /* nobody answers it */
     comm_destroy(&c);
+    return ok;
 }
 
-/* Raw ZeroMQ: a message shorter than a header, one with a bad magic, and one larger than the receiver's limit. */
-static void inject_malformed(const char *target, size_t chunk_bytes) {
+/* Raw ZeroMQ: a message shorter than a header, one with a bad magic, and one larger than the receiver's limit.
+ * Returns 1 when all were sent. */
+static int inject_malformed(const char *target, size_t chunk_bytes) {
     void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_PUSH);
     int linger = 500;
     char small[10] = "garbage";
     size_t big_n = chunk_bytes + 4096;
     char *big = calloc(1, big_n);
     char *bad = calloc(1, 64 + 16);
+    int ok = 1;
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-    CHECK(zmq_connect(s, target) == 0);
-    CHECK(zmq_send(s, small, sizeof small, 0) == (int)sizeof small);
-    CHECK(zmq_send(s, bad, 64 + 16, 0) == 64 + 16);
-    CHECK(zmq_send(s, big, big_n, 0) == (int)big_n);
+    ok &= zmq_connect(s, target) == 0;
+    ok &= zmq_send(s, small, sizeof small, 0) == (int)sizeof small;
+    ok &= zmq_send(s, bad, 64 + 16, 0) == 64 + 16;
+    ok &= zmq_send(s, big, big_n, 0) == (int)big_n;
     sleep_ms(50);
     zmq_close(s);
     zmq_ctx_term(ctx);
     free(big);
     free(bad);
+    return ok;
 }
 
 static void *ring_thread(void *p) {
@@ -96,9 +104,10 @@ static void *ring_thread(void *p) {
     for (int i = 0; i < rc->world; i++) peers[i] = rc->eps[i];
     if (rc->rc[r] == 0) rc->rc[r] = comm_connect(c, peers, rc->world);
     if (rc->inject && r == 0 && rc->world > 1) {
-        inject_stale(rc->eps[1], rc->world, rc->gen - 1, JOB);
-        inject_stale(rc->eps[1], rc->world, rc->gen, "other-job");
-        inject_malformed(rc->eps[1], rc->chunk_bytes ? rc->chunk_bytes : (1u << 20));
+        rc->injected_ok = inject_stale(rc->eps[1], rc->world, rc->gen - 1, JOB, 7) &&
+                          inject_stale(rc->eps[1], rc->world, rc->gen, "other-job", 7) &&
+                          inject_stale(rc->eps[1], rc->world, rc->gen, JOB, 6) && /* an older step */
+                          inject_malformed(rc->eps[1], rc->chunk_bytes ? rc->chunk_bytes : (1u << 20));
     }
     pthread_barrier_wait(&rc->go);
     memcpy(rc->out[r], rc->in[r], rc->n * sizeof(float));
@@ -106,7 +115,7 @@ static void *ring_thread(void *p) {
     rc->rc64[r] = rc->rc[r] == 0 ? comm_allreduce_f64(c, rc->f64[r], 3, 7, 5000, NULL, NULL) : rc->rc[r];
     rc->dropped[r] = comm_dropped(c);
     comm_destroy(&c);
-    CHECK(c == NULL);
+    rc->destroyed[r] = c == NULL;
     return NULL;
 }
 
@@ -157,6 +166,7 @@ static float *run_case(int world, size_t n, size_t chunk_bytes, int inject) {
         char what[96];
         CHECK_RC(rc.rc[r], 0);
         CHECK_RC(rc.rc64[r], 0);
+        CHECK(rc.destroyed[r]);
         CHECKF(memcmp(rc.out[r], rc.out[0], n * sizeof(float)) == 0, "world %d n %zu: rank %d differs from rank 0",
                world, n, r);
         snprintf(what, sizeof what, "world %d n %zu rank %d vs double", world, n, r);
@@ -171,7 +181,8 @@ static float *run_case(int world, size_t n, size_t chunk_bytes, int inject) {
         CHECK(rc.f64[r][2] == 0.5 * world);
     }
     if (inject && world > 1) {
-        CHECKF(rc.dropped[1] >= 4, "rank 1 dropped %llu messages, expected >= 4 (2 stale, 2 malformed)",
+        CHECK(rc.injected_ok);
+        CHECKF(rc.dropped[1] >= 5, "rank 1 dropped %llu messages, expected >= 5 (3 stale, 2 malformed)",
                (unsigned long long)rc.dropped[1]);
         CHECK(rc.dropped[0] == 0);
     }
