@@ -236,7 +236,7 @@ static int decode_png(const uint8_t *buf, size_t len, const char *name, size_t m
     if (ct == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
     if (depth == 16 && !grey16) png_set_strip_16(png);
     if (depth == 16 && grey16) png_set_swap(png); /* little-endian 16-bit samples in memory */
-    if (ct & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(png);
+    if ((ct & PNG_COLOR_MASK_ALPHA) || png_get_valid(png, info, PNG_INFO_tRNS)) png_set_strip_alpha(png);
     png_set_interlace_handling(png);
     png_read_update_info(png, info);
     size_t rowbytes = png_get_rowbytes(png, info);
