@@ -152,11 +152,29 @@ static void test_cli(void) {
     fclose(f);
 }
 
+/* The published llava-1.5-7b-hf config (vocab 32064) through the CLI's --config. */
+static void test_cli_config(void) {
+    const char *src = getenv("LLAVA_SOURCE_DIR");
+    char path[4096];
+    FILE *f = tmpfile();
+    snprintf(path, sizeof path, "%s/tests/fixtures/hfconfig/llava-1.5-7b-hf.json", src ? src : "..");
+    char *fit[] = {"memplan", "--config", path, "--zero", "8", "--recompute"};
+    char *nofit[] = {"memplan", "--config", path};
+    char *missing[] = {"memplan", "--config", "/nonexistent/config.json"};
+    CHECK(f != NULL);
+    if (!f) return;
+    CHECK_EQ_INT(memplan_cli_main(6, fit, f), 0);
+    CHECK_EQ_INT(memplan_cli_main(3, nofit, f), 1);
+    CHECK_EQ_INT(memplan_cli_main(3, missing, f), 2);
+    fclose(f);
+}
+
 int main(void) {
     test_counts();
     test_7b();
     test_13b();
     test_bad();
     test_cli();
+    test_cli_config();
     return test_finish();
 }
