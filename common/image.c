@@ -204,6 +204,13 @@ static int decode_png(const uint8_t *buf, size_t len, const char *name, size_t m
     png_bytep *volatile rows = NULL;
     uint8_t *volatile pix = NULL;
     volatile int rc = 0;
+    /* The size is in IHDR at a fixed offset: refuse a bomb before libpng reads further chunks. */
+    if (len >= 24 && memcmp(buf + 12, "IHDR", 4) == 0) {
+        size_t w0 = ((size_t)buf[16] << 24) | ((size_t)buf[17] << 16) | ((size_t)buf[18] << 8) | buf[19];
+        size_t h0 = ((size_t)buf[20] << 24) | ((size_t)buf[21] << 16) | ((size_t)buf[22] << 8) | buf[23];
+        int drc = check_dims(name, w0, h0, max_pixels, err, errlen);
+        if (drc) return drc;
+    }
     png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &src, png_on_error, png_on_warning);
     if (png) info = png_create_info_struct(png);
     if (!png || !info) {
