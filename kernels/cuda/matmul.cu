@@ -47,6 +47,14 @@ cleanup:
     return rc;
 }
 
+// Largest power of two (<= 256) dividing the address: cuBLASLt's heuristics assume 256-byte aligned operands
+// unless told otherwise, and an algorithm picked for aligned pointers may fail or misread on a sub-tensor.
+static uint32_t ptr_align(const void *p) {
+    uint32_t a = 256;
+    while (a > 1 && ((uintptr_t)p % a) != 0) a >>= 1;
+    return a;
+}
+
 static int gemm_run(cuda_ctx_t *ctx, const gemm_t *g, cuda_dtype_t dt, cudaStream_t s) {
     int rc = 0;
     cublasLtMatmulDesc_t desc = NULL;
@@ -57,7 +65,20 @@ static int gemm_run(cuda_ctx_t *ctx, const gemm_t *g, cuda_dtype_t dt, cudaStrea
     cudaDataType_t ty = dt == CUDA_DT_BF16 ? CUDA_R_16BF : CUDA_R_32F;
     float alpha = 1.0f;
     int nres = 0;
+    uint32_t align_a, align_b, align_d;
+    gemm_t plain;
     CHECK_GOTO(dt == CUDA_DT_F32 || dt == CUDA_DT_BF16, LLAVA_EINVAL, "matmul: bad dtype %d", (int)dt);
+    if (g->bias && ptr_align(g->bias) < 16) {
+        // the bias epilogue wants an aligned vector: plain GEMM, then our own bias (+ GELU) pass
+        plain = *g;
+        plain.bias = NULL;
+        plain.gelu = 0;
+        RC_CHECK_GOTO(gemm_run(ctx, &plain, dt, s));
+        CUDA_DISPATCH(dt, bias_gelu_kernel<T><<<cuda_grid_1d((long)g->m * g->n, 256), 256, 0, s>>>(
+                              (T *)g->D, (const T *)g->bias, g->n, g->m, g->gelu);
+                      CUDA_LAUNCH_CHECK_GOTO());
+        goto cleanup;
+    }
     CUBLAS_CHECK_GOTO(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     CUBLAS_CHECK_GOTO(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &g->ta, sizeof g->ta));
     CUBLAS_CHECK_GOTO(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &g->tb, sizeof g->tb));
@@ -78,6 +99,17 @@ static int gemm_run(cuda_ctx_t *ctx, const gemm_t *g, cuda_dtype_t dt, cudaStrea
     CUBLAS_CHECK_GOTO(cublasLtMatmulPreferenceCreate(&pref));
     CUBLAS_CHECK_GOTO(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                            &ctx->workspace_bytes, sizeof ctx->workspace_bytes));
+    align_a = ptr_align(g->A);
+    align_b = ptr_align(g->B);
+    align_d = ptr_align(g->D);
+    CUBLAS_CHECK_GOTO(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a,
+                                                           sizeof align_a));
+    CUBLAS_CHECK_GOTO(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b,
+                                                           sizeof align_b));
+    CUBLAS_CHECK_GOTO(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d,
+                                                           sizeof align_d));
+    CUBLAS_CHECK_GOTO(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d,
+                                                           sizeof align_d));
     if (cublasLtMatmulAlgoGetHeuristic(ctx->lt, desc, la, lb, ld, ld, pref, 1, &heur, &nres) !=
             CUBLAS_STATUS_SUCCESS ||
         nres == 0) {

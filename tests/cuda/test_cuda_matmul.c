@@ -79,6 +79,29 @@ static void run(cuda_ctx_t *ctx, cuda_dtype_t dt, int N, int C, int OC, int use_
     free(gdinp), free(gdw), free(gdb);
 }
 
+/* Operands one element past an aligned address (sub-tensors of an arena): the cuBLASLt alignment preferences and
+ * the unaligned-bias path. */
+static void run_misaligned(cuda_ctx_t *ctx, cuda_dtype_t dt, int N, int C, int OC) {
+    uint64_t st = 555u + (uint64_t)N;
+    size_t es = cuda_dtype_size(dt);
+    float *inp = hmalloc(1 + (long)N * C), *w = hmalloc(1 + (long)OC * C), *bias = hmalloc(1 + OC);
+    float *ref = hmalloc((long)N * OC), *got = hmalloc((long)N * OC);
+    gbuf_t bi, bw, bb, bo;
+    fill_rand(inp, 1 + (long)N * C, &st, 1.0f), fill_rand(w, 1 + (long)OC * C, &st, 0.5f);
+    fill_rand(bias, 1 + OC, &st, 0.5f);
+    round_to(inp, 1 + (long)N * C, dt), round_to(w, 1 + (long)OC * C, dt), round_to(bias, 1 + OC, dt);
+    char *di = (char *)gbuf_up(&bi, inp, 1 + (long)N * C, dt) + es, *dw = (char *)gbuf_up(&bw, w, 1 + (long)OC * C, dt) + es;
+    char *db = (char *)gbuf_up(&bb, bias, 1 + OC, dt) + es;
+    char *dov = (char *)gbuf_alloc(&bo, (size_t)(1 + (long)N * OC) * es) + es;
+    matmul_forward(ref, inp + 1, w + 1, bias + 1, N, C, OC);
+    CHECK_RC(cuda_matmul_forward(ctx, dov, di, dw, db, N, C, OC, dt, 0), 0);
+    dev_down(got, dov, (long)N * OC, dt);
+    CHECK_PARITY("matmul_forward misaligned operands", got, ref, (long)N * OC, dt, 1.0);
+    CHECK_GUARDS(bo);
+    gbuf_free(&bi), gbuf_free(&bw), gbuf_free(&bb), gbuf_free(&bo);
+    free(inp), free(w), free(bias), free(ref), free(got);
+}
+
 int main(void) {
     static const int Ns[] = {1, 7, 33, 256}, Cs[] = {3, 64, 130}, OCs[] = {5, 64, 97};
     cuda_ctx_t *ctx = NULL;
@@ -90,6 +113,8 @@ int main(void) {
         for (int a = 0; a < 4; a++)
             for (int b = 0; b < 3; b++)
                 for (int c = 0; c < 3; c++) run(ctx, (cuda_dtype_t)dt, Ns[a], Cs[b], OCs[c], (a + b + c) % 2);
+    run_misaligned(ctx, CUDA_DT_F32, 7, 64, 97);
+    run_misaligned(ctx, CUDA_DT_BF16, 33, 128, 64);
     /* bad sizes are refused */
     CHECK_RC(cuda_matmul_forward(ctx, NULL, NULL, NULL, NULL, 4, 0, 4, CUDA_DT_F32, 0), LLAVA_EINVAL);
     CHECK_RC(cuda_matmul_forward(ctx, NULL, NULL, NULL, NULL, 4, 4, 4, (cuda_dtype_t)7, 0), LLAVA_EINVAL);
