@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/cli_image.h"
 #include "common/cli_tokenize.h"
 #include "common/conversation.h"
 #include "common/dataset.h"
@@ -14,8 +15,6 @@
 #include "common/synth.h"
 #include "common/tokenizer.h"
 
-/* `llava-data image` lives in common/cli_image.c; weak so this program links in a tree that lacks it. */
-int llava_data_image_main(int argc, char **argv) __attribute__((weak));
 
 static void usage(FILE *f) {
     fprintf(f, "usage: llava-data COMMAND [options]   (llava-data COMMAND --help for each)\n"
@@ -263,13 +262,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "verify")) return cmd_verify(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokenize")) return llava_data_tokenize_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "synth")) return llava_data_synth_main(argc - 1, argv + 1);
-    if (!strcmp(cmd, "image")) {
-        if (!llava_data_image_main) {
-            fprintf(stderr, "llava-data: this build has no image command (common/cli_image.c)\n");
-            return 1;
-        }
-        return llava_data_image_main(argc - 1, argv + 1);
-    }
+    if (!strcmp(cmd, "image")) return llava_data_image_main(argc - 1, argv + 1);
     fprintf(stderr, "llava-data: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

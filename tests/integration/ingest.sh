@@ -9,7 +9,6 @@ BUILD=${LLAVA_BUILD_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/build}
 D="$BUILD/llava-data"
 [ -x "$D" ] || { echo "no $D"; exit 1; }
 command -v spm_train >/dev/null || { echo "SKIP: spm_train not installed"; exit 77; }
-"$D" image --help >/dev/null 2>&1 || { echo "SKIP: llava-data has no image decoder in this build"; exit 77; }
 T=$(mktemp -d "${TMPDIR:-/tmp}/llava-ingest-XXXXXX")
 trap 'rm -rf "$T"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
@@ -134,5 +133,5 @@ set -e
 set +e
 "$D" ingest --json x >/dev/null 2>&1; [ $? -eq 2 ] || fail "usage error should exit 2"
 set -e
-for c in ingest inspect verify synth tokenize; do "$D" $c --help >/dev/null || fail "$c --help"; done
+for c in ingest inspect verify synth tokenize image; do "$D" $c --help >/dev/null || fail "$c --help"; done
 echo "ingest.sh: all checks passed"
