@@ -215,7 +215,7 @@ static void shape_phrase(str_t *s, const shape_t *sh) { str_addf(s, "a %s %s", C
 static void caption(str_t *s, const scene_t *sc) {
     for (int i = 0; i < sc->n; i++) {
         if (i) str_addf(s, i + 1 == sc->n ? " and " : ", ");
-        str_addf(s, i ? "%s %s at the %s" : "A %s %s at the %s", COLORS[sc->s[i].color], KINDS[sc->s[i].kind],
+        str_addf(s, i ? "a %s %s at the %s" : "A %s %s at the %s", COLORS[sc->s[i].color], KINDS[sc->s[i].kind],
                  POS[sc->s[i].pos]);
     }
     str_addf(s, ".");
