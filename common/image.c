@@ -427,14 +427,14 @@ static inline uint8_t clip8(int32_t v) {
     return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
-/* Horizontal pass over rows [y0, y0+nrows) of in into tmp (nrows x out_w). */
-static void resample_h(const uint8_t *in, int in_w, int y0, int nrows, uint8_t *tmp, int out_w, int ksize,
+/* Horizontal pass: output columns [x0, x0+cw) of rows [y0, y0+nrows) of in into tmp (nrows x cw). */
+static void resample_h(const uint8_t *in, int in_w, int y0, int nrows, uint8_t *tmp, int x0, int cw, int ksize,
                        const int *bounds, const int32_t *kk) {
     for (int y = 0; y < nrows; y++) {
         const uint8_t *src = in + (size_t)(y + y0) * in_w * 3;
-        uint8_t *dst = tmp + (size_t)y * out_w * 3;
-        for (int xx = 0; xx < out_w; xx++) {
-            int xmin = bounds[2 * xx], n = bounds[2 * xx + 1];
+        uint8_t *dst = tmp + (size_t)y * cw * 3;
+        for (int ox = 0; ox < cw; ox++) {
+            int xx = ox + x0, xmin = bounds[2 * xx], n = bounds[2 * xx + 1];
             const int32_t *k = kk + (size_t)xx * ksize;
             const uint8_t *p = src + (size_t)xmin * 3;
             int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
@@ -443,74 +443,76 @@ static void resample_h(const uint8_t *in, int in_w, int y0, int nrows, uint8_t *
                 s1 += p[3 * x + 1] * k[x];
                 s2 += p[3 * x + 2] * k[x];
             }
-            dst[3 * xx] = clip8(s0);
-            dst[3 * xx + 1] = clip8(s1);
-            dst[3 * xx + 2] = clip8(s2);
+            dst[3 * ox] = clip8(s0);
+            dst[3 * ox + 1] = clip8(s1);
+            dst[3 * ox + 2] = clip8(s2);
         }
     }
 }
 
-/* Vertical pass: in (rows already offset so bounds index it) -> out (out_h x w). */
-static void resample_v(const uint8_t *in, int w, uint8_t *out, int out_h, int ksize, const int *bounds,
-                       const int32_t *kk, int yoff) {
+/* Vertical pass: output rows [y0, y0+ch) from in (w wide; its row 0 is source row yoff) into out (ch x w). acc holds
+ * 3*w int32. */
+static void resample_v(const uint8_t *in, int w, uint8_t *out, int y0, int ch, int ksize, const int *bounds,
+                       const int32_t *kk, int yoff, int32_t *acc) {
     size_t stride = (size_t)w * 3;
-    int32_t *acc = malloc(sizeof(int32_t) * stride);
-    for (int yy = 0; yy < out_h; yy++) {
-        int ymin = bounds[2 * yy] - yoff, n = bounds[2 * yy + 1];
+    for (int oy = 0; oy < ch; oy++) {
+        int yy = oy + y0, ymin = bounds[2 * yy] - yoff, n = bounds[2 * yy + 1];
         const int32_t *k = kk + (size_t)yy * ksize;
-        uint8_t *dst = out + (size_t)yy * stride;
-        if (acc) {
-            for (size_t i = 0; i < stride; i++) acc[i] = 1 << (PRECISION_BITS - 1);
-            for (int y = 0; y < n; y++) {
-                const uint8_t *src = in + (size_t)(y + ymin) * stride;
-                int32_t ky = k[y];
-                for (size_t i = 0; i < stride; i++) acc[i] += src[i] * ky;
-            }
-            for (size_t i = 0; i < stride; i++) dst[i] = clip8(acc[i]);
-        } else {
-            for (size_t i = 0; i < stride; i++) {
-                int32_t s = 1 << (PRECISION_BITS - 1);
-                for (int y = 0; y < n; y++) s += in[(size_t)(y + ymin) * stride + i] * k[y];
-                dst[i] = clip8(s);
-            }
+        uint8_t *dst = out + (size_t)oy * stride;
+        for (size_t i = 0; i < stride; i++) acc[i] = 1 << (PRECISION_BITS - 1);
+        for (int y = 0; y < n; y++) {
+            const uint8_t *src = in + (size_t)(y + ymin) * stride;
+            int32_t ky = k[y];
+            for (size_t i = 0; i < stride; i++) acc[i] += src[i] * ky;
         }
+        for (size_t i = 0; i < stride; i++) dst[i] = clip8(acc[i]);
     }
-    free(acc);
 }
 
-int image_resize_bicubic(const image_t *in, int out_w, int out_h, image_t *out) {
+/* The window [x0, x0+cw) x [y0, y0+ch) of Pillow's resize of in to out_w x out_h: each output pixel depends only
+ * on its own row's and column's coefficients, so computing a window equals resizing then cropping. */
+static int resize_window(const image_t *in, int out_w, int out_h, int x0, int y0, int cw, int ch, image_t *out) {
     int rc = 0;
     int *bh = NULL, *bv = NULL;
-    int32_t *kh = NULL, *kv = NULL;
+    int32_t *kh = NULL, *kv = NULL, *acc = NULL;
     uint8_t *tmp = NULL;
-    if (!in || !in->rgb || !out || out_w <= 0 || out_h <= 0) return LLAVA_EINVAL;
     memset(out, 0, sizeof *out);
-    /* Image.resize returns a copy when the size is unchanged. */
+    CHECK_GOTO(in && in->rgb && out_w > 0 && out_h > 0 && x0 >= 0 && y0 >= 0 && cw > 0 && ch > 0 &&
+                   x0 + cw <= out_w && y0 + ch <= out_h,
+               LLAVA_EINVAL, "bad resize %dx%d window %d,%d %dx%d", out_w, out_h, x0, y0, cw, ch);
+    CHECK_GOTO(image_alloc(out, cw, ch) == 0, LLAVA_ENOMEM, "out of memory: %dx%d image", cw, ch);
     int need_h = out_w != in->w, need_v = out_h != in->h;
-    CHECK_GOTO(image_alloc(out, out_w, out_h) == 0, LLAVA_ENOMEM, "out of memory: %dx%d image", out_w, out_h);
-    if (!need_h && !need_v) {
-        memcpy(out->rgb, in->rgb, (size_t)out_w * out_h * 3);
-        goto cleanup;
-    }
-    int ksh = resample_coeffs(in->w, out_w, &bh, &kh);
-    int ksv = resample_coeffs(in->h, out_h, &bv, &kv);
-    CHECK_GOTO(ksh > 0 && ksv > 0, LLAVA_ENOMEM, "out of memory: resample coefficients");
+    int ksh = 0, ksv = 0;
+    if (need_h) ksh = resample_coeffs(in->w, out_w, &bh, &kh);
+    if (need_v) ksv = resample_coeffs(in->h, out_h, &bv, &kv);
+    CHECK_GOTO((!need_h || ksh > 0) && (!need_v || ksv > 0), LLAVA_ENOMEM, "out of memory: resample coefficients");
+    /* source rows the window needs */
+    int yfirst = need_v ? bv[2 * y0] : y0;
+    int ylast = need_v ? bv[2 * (y0 + ch - 1)] + bv[2 * (y0 + ch - 1) + 1] : y0 + ch;
+    const uint8_t *rows = in->rgb + (size_t)yfirst * in->w * 3; /* (ylast - yfirst) rows of cw pixels after the steps below */
     if (need_h) {
-        int yfirst = bv[0], ylast = bv[2 * out_h - 2] + bv[2 * out_h - 1];
-        if (!need_v) {
-            yfirst = 0;
-            ylast = in->h;
-        }
-        uint8_t *dst = need_v ? NULL : out->rgb;
+        uint8_t *dst = out->rgb;
         if (need_v) {
-            tmp = malloc((size_t)out_w * (size_t)(ylast - yfirst) * 3 + 1);
+            tmp = malloc((size_t)cw * (size_t)(ylast - yfirst) * 3 + 1);
             ALLOC_CHECK_GOTO(tmp);
             dst = tmp;
         }
-        resample_h(in->rgb, in->w, yfirst, ylast - yfirst, dst, out_w, ksh, bh, kh);
-        if (need_v) resample_v(tmp, out_w, out->rgb, out_h, ksv, bv, kv, yfirst);
-    } else {
-        resample_v(in->rgb, in->w, out->rgb, out_h, ksv, bv, kv, 0);
+        resample_h(in->rgb, in->w, yfirst, ylast - yfirst, dst, x0, cw, ksh, bh, kh);
+        rows = dst;
+    } else if (need_v && cw != in->w) {
+        tmp = malloc((size_t)cw * (size_t)(ylast - yfirst) * 3 + 1);
+        ALLOC_CHECK_GOTO(tmp);
+        for (int y = yfirst; y < ylast; y++)
+            memcpy(tmp + (size_t)(y - yfirst) * cw * 3, in->rgb + ((size_t)y * in->w + x0) * 3, (size_t)cw * 3);
+        rows = tmp;
+    }
+    if (need_v) {
+        acc = malloc(sizeof(int32_t) * 3 * (size_t)cw);
+        ALLOC_CHECK_GOTO(acc);
+        resample_v(rows, cw, out->rgb, y0, ch, ksv, bv, kv, yfirst, acc);
+    } else if (!need_h) {
+        for (int y = 0; y < ch; y++)
+            memcpy(out->rgb + (size_t)y * cw * 3, in->rgb + ((size_t)(y + y0) * in->w + x0) * 3, (size_t)cw * 3);
     }
 cleanup:
     if (rc) image_free(out);
@@ -518,8 +520,14 @@ cleanup:
     free(bv);
     free(kh);
     free(kv);
+    free(acc);
     free(tmp);
     return rc;
+}
+
+int image_resize_bicubic(const image_t *in, int out_w, int out_h, image_t *out) {
+    if (!out) return LLAVA_EINVAL;
+    return resize_window(in, out_w, out_h, 0, 0, out_w, out_h, out);
 }
 
 /* ---------------- CLIP ---------------- */
@@ -539,7 +547,7 @@ void image_clip_resize_dims(int w, int h, int size, int *out_w, int *out_h) {
 int image_clip_preprocess_u8(const image_t *in, int size, int pad, uint8_t *out_chw) {
     static const uint8_t BG[3] = {122, 116, 104}; /* int(255 * CLIP mean) */
     int rc = 0;
-    image_t sq = {0}, rs = {0}, cr = {0};
+    image_t sq = {0}, cr = {0};
     const image_t *cur = in;
     if (!in || !in->rgb || size <= 0 || !out_chw) return LLAVA_EINVAL;
     if (pad && in->w != in->h) {
@@ -548,8 +556,8 @@ int image_clip_preprocess_u8(const image_t *in, int size, int pad, uint8_t *out_
     }
     int rw, rh;
     image_clip_resize_dims(cur->w, cur->h, size, &rw, &rh);
-    RC_CHECK_GOTO(image_resize_bicubic(cur, rw, rh, &rs));
-    RC_CHECK_GOTO(image_center_crop(&rs, size, size, &cr));
+    /* transformers' center_crop offsets, computed inside the resize so cropped-away pixels are never made */
+    RC_CHECK_GOTO(resize_window(cur, rw, rh, (rw - size) / 2, (rh - size) / 2, size, size, &cr));
     size_t np = (size_t)size * size;
     for (size_t i = 0; i < np; i++) {
         out_chw[i] = cr.rgb[3 * i];
@@ -558,7 +566,6 @@ int image_clip_preprocess_u8(const image_t *in, int size, int pad, uint8_t *out_
     }
 cleanup:
     image_free(&sq);
-    image_free(&rs);
     image_free(&cr);
     return rc;
 }
