@@ -984,14 +984,18 @@ cleanup:
 
 static void ingest_usage(FILE *f) {
     fprintf(f,
-            "usage: llava-data ingest --json F --images DIR --tokenizer M --template T --image-size S [--pad]\n"
+            "usage: llava-data ingest --json F --images DIR --tokenizer M --template T --image-size S\n"
+            "                         [--aspect square|pad | --pad]\n"
             "                         --out DATASET [--shard-samples N] [--jobs K] [--bad-records skip|fail]\n"
             "                         [--max-seq-len L] [--max-pixels P] [--quiet]\n"
             "  Turns a LLaVA JSON file and its images into a dataset directory (manifest.json + shard-NNNNN.lmdb,\n"
             "  docs/dataset-format.md). Records hold input ids (one -200 per image), labels (-100: no loss) and the\n"
             "  image as uint8 [3,S,S] after CLIPImageProcessor's resize + centre crop (and --pad: square on the mean\n"
             "  colour first, LLaVA-1.5 stage 2).\n"
+            "  --tokenizer M         sentencepiece tokenizer.model, or a model directory holding one\n"
             "  --template T          plain | vicuna_v1 | llava_v0\n"
+            "  --aspect A            image_aspect_ratio: square (default) = CLIP resize + crop only; pad (= --pad) =\n"
+            "                        expand to a square on the mean colour first\n"
             "  --image-size S        vision tower input size (224, 336, a multiple of 14)\n"
             "  --shard-samples N     samples per shard (default 10000)\n"
             "  --jobs K              worker threads (default: online CPUs); output does not depend on K\n"
@@ -1005,6 +1009,7 @@ static void ingest_usage(FILE *f) {
 
 int llava_data_ingest_main(int argc, char **argv) {
     ingest_opts_t o = {.shard_samples = 10000, .jobs = 0, .progress = 1, .tpl = TPL_PLAIN};
+    char tokpath[4200];
     int have_tpl = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -1014,6 +1019,11 @@ int llava_data_ingest_main(int argc, char **argv) {
         }
         if (!strcmp(a, "--pad")) {
             o.pad = 1;
+            continue;
+        }
+        if (!strcmp(a, "--aspect") && v && (!strcmp(v, "pad") || !strcmp(v, "square"))) {
+            o.pad = !strcmp(v, "pad");
+            i++;
             continue;
         }
         if (!strcmp(a, "--quiet")) {
@@ -1030,7 +1040,15 @@ int llava_data_ingest_main(int argc, char **argv) {
         int num = end != v && *end == 0;
         if (!strcmp(a, "--json")) o.json_path = v;
         else if (!strcmp(a, "--images")) o.images_dir = v;
-        else if (!strcmp(a, "--tokenizer")) o.tokenizer_path = v;
+        else if (!strcmp(a, "--tokenizer")) {
+            struct stat st;
+            if (stat(v, &st) == 0 && S_ISDIR(st.st_mode)) { /* a model directory: its tokenizer.model */
+                snprintf(tokpath, sizeof tokpath, "%s/tokenizer.model", v);
+                o.tokenizer_path = tokpath;
+            } else {
+                o.tokenizer_path = v;
+            }
+        }
         else if (!strcmp(a, "--out")) o.out_dir = v;
         else if (!strcmp(a, "--template")) {
             if (template_parse(v, &o.tpl) != 0) {

@@ -42,6 +42,11 @@ grep -q '<image 28x28>' "$T/insp" || fail "inspect shows no image"
 grep -q 'ASSISTANT:\[\[' "$T/insp" || fail "inspect shows no target span: $(tail -2 "$T/insp")"
 grep -q '\[\[</s>\]\]' "$T/insp" || fail "inspect does not show the target </s>"
 "$D" inspect "$T/pre" cap-000003 --no-color | grep -q 'id "cap-000003"' || fail "inspect by id"
+# --aspect pad and a model directory as --tokenizer (jobs/README.md's form)
+"$D" ingest --json "$T/syn/pretrain.json" --template plain --out "$T/prepad" --images "$T/syn" --tokenizer "$T/syn" \
+    --image-size 28 --aspect pad --quiet >/dev/null
+grep -q '"pad": true' "$T/prepad/manifest.json" || fail "--aspect pad not recorded"
+"$D" inspect "$T/prepad" 0 --no-color | grep -q '(padded square)' || fail "record flag for pad"
 
 # determinism: one job gives the same records and manifest
 "$D" ingest --json "$T/syn/instruct.json" --template vicuna_v1 --out "$T/ds2" --shard-samples 50 --jobs 1 \
