@@ -320,6 +320,17 @@ static void commit_step(coord_t *c) {
 
 static int start_loading(coord_t *c) {
     jobrun_t *j = c->job;
+    if (j->step == INT64_MAX) { /* first start: is the run directory's last checkpoint already the end? */
+        char dir[1100];
+        int64_t done = read_latest_checkpoint(j->run_dir, dir, sizeof dir);
+        if (done >= j->total_steps) {
+            LOG_I("job %llu '%s': %s already holds the final checkpoint (step %lld); nothing to train",
+                  (unsigned long long)j->id, j->name, dir, (long long)done);
+            j->step = done;
+            jobrun_finish(c, JOB_DONE, NULL);
+            return 0;
+        }
+    }
     int idle = 0;
     for (int i = 0; i < c->nw; i++) idle += c->w[i].state == W_IDLE;
     double waited = coord_now() - j->t_wait_start;

@@ -18,6 +18,8 @@
 #include "worker/backend.h"
 #include "worker/worker_internal.h"
 
+#define ORPHAN_TIMEOUT_S 60.0
+
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -169,6 +171,8 @@ int worker_run(const worker_config_t *cfg, volatile sig_atomic_t *stop) {
           cfg->threads, cfg->coordinator);
     double next_hb = now_s();
     int quit = 0;
+    pid_t parent = getppid();
+    x->last_heard = now_s();
     while (!*stop && !quit && !atomic_load(&x->compute_exited)) {
         double now = now_s();
         int wait = (int)((next_hb - now) * 1000.0);
@@ -180,6 +184,12 @@ int worker_run(const worker_config_t *cfg, volatile sig_atomic_t *stop) {
         if (n > 0 && (items[1].revents & ZMQ_POLLIN)) on_compute(x);
         now = now_s();
         if (now >= next_hb) {
+            /* A local worker whose coordinator died waits for it to come back on the same endpoint, but not
+             * forever: an orphan that hears nothing for ORPHAN_TIMEOUT_S exits. */
+            if (getppid() != parent && now - x->last_heard > ORPHAN_TIMEOUT_S) {
+                LOG_W("no coordinator for %.0f s since this worker's launcher exited; exiting", now - x->last_heard);
+                break;
+            }
             if (!x->welcomed && now - x->registered_at > 2.0) send_register(x); /* coordinator not up yet */
             else if (x->welcomed) send_heartbeat(x);
             next_hb = now + x->heartbeat_ms / 1000.0;

@@ -1,0 +1,351 @@
+/* The cluster end to end with real daemons on loopback (llava-coordinator spawning llava-worker processes with the
+ * simulated backend, whose loss depends on every earlier update): equal per-step losses for 1, 2 and 3 workers and
+ * for another micro-batch budget; every sample exactly once per epoch in the ledger; and the failure promise:
+ * kill -9 of a worker mid-step, two workers killed in one step, a worker stopped past the hang timeout and
+ * continued, the coordinator killed and restarted, a job stopped and resumed from its checkpoint.
+ * Run: ctest -R test_cluster_sim (needs LLAVA_BUILD_DIR, set by ctest). */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/dataset.h"
+#include "common/err.h"
+#include "common/wire.h"
+#include "coordinator/client.h"
+#include "tests/test.h"
+
+#define N_SAMPLES 192
+#define GLOBAL_BATCH 16
+#define EPOCHS 2
+#define STEPS (EPOCHS * N_SAMPLES / GLOBAL_BATCH)
+
+static char g_bin[1024], g_tmp[512], g_data[600];
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static int write_dataset(const char *dir) {
+    mkdir(dir, 0755);
+    ds_manifest_t m;
+    memset(&m, 0, sizeof m);
+    int32_t lengths[N_SAMPLES], n_images[N_SAMPLES];
+    ds_shard_t shards[3];
+    for (int i = 0; i < N_SAMPLES; i++) {
+        lengths[i] = 20 + (i * 37) % 90;
+        n_images[i] = 0;
+    }
+    for (int s = 0; s < 3; s++) {
+        memset(&shards[s], 0, sizeof shards[s]);
+        snprintf(shards[s].name, sizeof shards[s].name, "shard-%05d.lmdb", s);
+        shards[s].first = s * (N_SAMPLES / 3);
+        shards[s].count = N_SAMPLES / 3;
+    }
+    m.version = 1;
+    m.n_samples = m.n_text_only = m.n_source = N_SAMPLES;
+    m.patch_size = 14;
+    snprintf(m.template_name, sizeof m.template_name, "plain");
+    m.n_shards = 3;
+    m.shards = shards;
+    m.lengths = lengths;
+    m.n_images = n_images;
+    return ds_manifest_write(dir, &m, NULL);
+}
+
+typedef struct {
+    pid_t pid;
+    char ep[256], state[600];
+    client_t *cl;
+} cluster_t;
+
+/* Starts a coordinator with `workers` local sim workers; bind NULL = an ephemeral port. */
+static int cluster_start(cluster_t *c, const char *name, int workers, const char *bind) {
+    char epfile[700], nw[16];
+    snprintf(c->state, sizeof c->state, "%s/state-%s", g_tmp, name);
+    snprintf(epfile, sizeof epfile, "%s.endpoint", c->state);
+    snprintf(nw, sizeof nw, "%d", workers);
+    unlink(epfile);
+    char bindbuf[256];
+    snprintf(bindbuf, sizeof bindbuf, "%s", bind ? bind : "tcp://127.0.0.1:*");
+    char exe[1100], wexe[1100];
+    snprintf(exe, sizeof exe, "%s/llava-coordinator", g_bin);
+    snprintf(wexe, sizeof wexe, "%s/llava-worker", g_bin);
+    c->pid = fork();
+    if (c->pid == 0) {
+        setenv("LLAVA_LOG", "error", 1);
+        execl(exe, exe, "--bind", bindbuf, "--state", c->state, "--spawn-workers", nw, "--worker-exe",
+              wexe, "--worker-args", "--backend sim --sim-mb-ms 15", "--endpoint-file", epfile, (char *)NULL);
+        _exit(127);
+    }
+    c->ep[0] = 0;
+    for (int i = 0; i < 200 && !c->ep[0]; i++) {
+        sleep_ms(50);
+        FILE *f = fopen(epfile, "r");
+        if (f) {
+            if (!fgets(c->ep, sizeof c->ep, f)) c->ep[0] = 0;
+            fclose(f);
+            c->ep[strcspn(c->ep, "\n")] = 0;
+        }
+    }
+    if (!c->ep[0]) return -1;
+    return client_open(c->ep, &c->cl);
+}
+
+static void cluster_stop(cluster_t *c, int sig) {
+    client_close(&c->cl);
+    if (c->pid > 0) {
+        kill(c->pid, sig);
+        waitpid(c->pid, NULL, 0);
+    }
+    c->pid = 0;
+}
+
+static cJSON *make_spec(const char *name, int workers, int mb_tokens, int hang_ms) {
+    cJSON *s = cJSON_CreateObject();
+    cJSON_AddStringToObject(s, "name", name);
+    cJSON *d = cJSON_AddObjectToObject(s, "data");
+    cJSON_AddStringToObject(d, "train", g_data);
+    cJSON_AddBoolToObject(d, "group_by_length", 1);
+    cJSON *t = cJSON_AddObjectToObject(s, "train");
+    cJSON_AddNumberToObject(t, "global_batch", GLOBAL_BATCH);
+    cJSON_AddNumberToObject(t, "micro_batch_tokens", mb_tokens);
+    cJSON_AddNumberToObject(t, "epochs", EPOCHS);
+    cJSON_AddNumberToObject(t, "lr", 0.05);
+    cJSON_AddNumberToObject(t, "seed", 7);
+    cJSON *k = cJSON_AddObjectToObject(s, "checkpoint");
+    char dir[700];
+    snprintf(dir, sizeof dir, "%s/run-%s", g_tmp, name);
+    cJSON_AddStringToObject(k, "dir", dir);
+    cJSON_AddNumberToObject(k, "every_steps", 4);
+    cJSON_AddNumberToObject(k, "keep", 2);
+    cJSON *cl = cJSON_AddObjectToObject(s, "cluster");
+    cJSON_AddNumberToObject(cl, "workers", workers);
+    cJSON_AddNumberToObject(cl, "heartbeat_ms", 100);
+    cJSON_AddNumberToObject(cl, "hang_timeout_ms", hang_ms);
+    cJSON_AddNumberToObject(cl, "max_replacements", 4);
+    return s;
+}
+
+static uint64_t submit(cluster_t *c, cJSON *spec) {
+    cJSON *req = cJSON_CreateObject(), *reply = NULL;
+    cJSON_AddItemToObject(req, "spec", spec);
+    char err[512];
+    if (client_request(c->cl, MSG_SUBMIT, 0, req, 5000, &reply, err, sizeof err)) {
+        fprintf(stderr, "submit: %s\n", err);
+        return 0;
+    }
+    uint64_t id = (uint64_t)wire_get_i64(reply, "job", 0);
+    cJSON_Delete(reply);
+    return id;
+}
+
+static cJSON *status(cluster_t *c, uint64_t job) {
+    cJSON *b = cJSON_CreateObject(), *r = NULL;
+    cJSON_AddNumberToObject(b, "job", (double)job);
+    char err[512];
+    if (client_request(c->cl, MSG_STATUS, 0, b, 5000, &r, err, sizeof err)) return NULL;
+    return r;
+}
+
+static const char *job_state(const cJSON *st) {
+    return wire_get_str(cJSON_GetObjectItemCaseSensitive(st, "job"), "state", "?");
+}
+
+static int64_t job_step(const cJSON *st) {
+    return wire_get_i64(cJSON_GetObjectItemCaseSensitive(st, "run"), "step", -1);
+}
+
+/* Waits until the job ends (returns its state) or timeout_s passes ("timeout"). */
+static const char *wait_job(cluster_t *c, uint64_t job, double timeout_s, char *buf, size_t len) {
+    double end = now_s() + timeout_s;
+    snprintf(buf, len, "timeout");
+    while (now_s() < end) {
+        cJSON *st = status(c, job);
+        if (st) {
+            const char *s = job_state(st);
+            if (strcmp(s, "queued") && strcmp(s, "running")) {
+                snprintf(buf, len, "%s", s);
+                cJSON_Delete(st);
+                return buf;
+            }
+            cJSON_Delete(st);
+        }
+        sleep_ms(100);
+    }
+    return buf;
+}
+
+/* Waits until the running job reaches step >= s. */
+static int wait_step(cluster_t *c, uint64_t job, int64_t s, double timeout_s) {
+    double end = now_s() + timeout_s;
+    while (now_s() < end) {
+        cJSON *st = status(c, job);
+        int64_t cur = st ? job_step(st) : -1;
+        cJSON_Delete(st);
+        if (cur >= s) return 0;
+        sleep_ms(30);
+    }
+    return -1;
+}
+
+/* Live worker pids of a running job's members (state busy/ready/loading), up to max. */
+static int member_pids(cluster_t *c, uint64_t job, pid_t *pids, int max) {
+    cJSON *st = status(c, job);
+    int n = 0;
+    const cJSON *w;
+    cJSON_ArrayForEach(w, cJSON_GetObjectItemCaseSensitive(st, "workers")) {
+        if (wire_get_i64(w, "rank", -1) >= 0 && strcmp(wire_get_str(w, "state", ""), "dead") != 0 && n < max)
+            pids[n++] = (pid_t)wire_get_i64(w, "pid", 0);
+    }
+    cJSON_Delete(st);
+    return n;
+}
+
+/* The ledger's per-step losses, and a check that every sample appears exactly once per epoch. */
+static int ledger_losses(cluster_t *c, uint64_t job, double *loss, int *steps) {
+    cJSON *b = cJSON_CreateObject(), *r = NULL;
+    cJSON_AddNumberToObject(b, "job", (double)job);
+    cJSON_AddNumberToObject(b, "from", 0);
+    cJSON_AddNumberToObject(b, "to", -1);
+    char err[512];
+    if (client_request(c->cl, MSG_LEDGER, 0, b, 5000, &r, err, sizeof err)) return -1;
+    static int seen[EPOCHS][N_SAMPLES];
+    memset(seen, 0, sizeof seen);
+    int n = 0, bad = 0;
+    const cJSON *e, *mb, *s;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(r, "steps")) {
+        int64_t step = wire_get_i64(e, "step", -1), epoch = wire_get_i64(e, "epoch", -1);
+        if (step != n || epoch < 0 || epoch >= EPOCHS) bad++;
+        if (n < STEPS) loss[n] = wire_get_num(e, "loss", -1);
+        cJSON_ArrayForEach(mb, cJSON_GetObjectItemCaseSensitive(e, "mbs")) cJSON_ArrayForEach(s, mb) {
+            int64_t i = (int64_t)s->valuedouble;
+            if (i < 0 || i >= N_SAMPLES || epoch < 0 || epoch >= EPOCHS) bad++;
+            else seen[epoch][i]++;
+        }
+        n++;
+    }
+    cJSON_Delete(r);
+    for (int ep = 0; ep < EPOCHS; ep++)
+        for (int i = 0; i < N_SAMPLES; i++) bad += seen[ep][i] != 1;
+    *steps = n;
+    return bad;
+}
+
+static double g_base[STEPS];
+
+/* Runs a job to the end (with an optional disruption) and checks ledger and losses against the baseline. */
+static void check_run(const char *what, cluster_t *c, uint64_t job, double timeout_s) {
+    char buf[32];
+    const char *st = wait_job(c, job, timeout_s, buf, sizeof buf);
+    CHECKF(strcmp(st, "done") == 0, "%s: job ended '%s'", what, st);
+    double loss[STEPS];
+    int steps = 0;
+    int bad = ledger_losses(c, job, loss, &steps);
+    CHECKF(bad == 0, "%s: ledger has %d problems (samples not exactly once per epoch, or gaps)", what, bad);
+    CHECKF(steps == STEPS, "%s: %d steps in the ledger, expected %d", what, steps, STEPS);
+    int diff = 0;
+    for (int i = 0; i < STEPS && i < steps; i++)
+        if (!(fabs(loss[i] - g_base[i]) <= 1e-5 * fabs(g_base[i]))) {
+            if (!diff) fprintf(stderr, "%s: step %d loss %.9g, baseline %.9g\n", what, i, loss[i], g_base[i]);
+            diff++;
+        }
+    CHECKF(diff == 0, "%s: %d step losses differ from the failure-free run", what, diff);
+    printf("%s: ok (%d steps)\n", what, steps);
+}
+
+int main(void) {
+    const char *b = getenv("LLAVA_BUILD_DIR");
+    if (!b) TEST_SKIP("LLAVA_BUILD_DIR not set (run through ctest)");
+    snprintf(g_bin, sizeof g_bin, "%s", b);
+    snprintf(g_tmp, sizeof g_tmp, "%s", test_tmpdir());
+    snprintf(g_data, sizeof g_data, "%s/data", g_tmp);
+    log_set_level(LOG_ERROR);
+    signal(SIGPIPE, SIG_IGN);
+    CHECK_RC(write_dataset(g_data), 0);
+
+    /* baseline: one worker */
+    cluster_t c = {0};
+    CHECK(cluster_start(&c, "base", 1, NULL) == 0);
+    uint64_t job = submit(&c, make_spec("base", 1, 256, 3000));
+    CHECK(job > 0);
+    char buf[32];
+    CHECK(strcmp(wait_job(&c, job, 120, buf, sizeof buf), "done") == 0);
+    int steps = 0;
+    CHECK_EQ_INT(ledger_losses(&c, job, g_base, &steps), 0);
+    CHECK_EQ_INT(steps, STEPS);
+    cluster_stop(&c, SIGTERM);
+
+    /* 2 and 3 workers, and another micro-batch budget: the same losses */
+    CHECK(cluster_start(&c, "equiv", 3, NULL) == 0);
+    job = submit(&c, make_spec("w2", 2, 256, 3000));
+    check_run("2 workers", &c, job, 120);
+    job = submit(&c, make_spec("w3", 3, 256, 3000));
+    check_run("3 workers", &c, job, 120);
+    job = submit(&c, make_spec("budget", 3, 60, 3000));
+    check_run("3 workers, micro_batch_tokens 60", &c, job, 120);
+
+    /* kill -9 a worker mid-step, seeded trials */
+    srand(12345);
+    for (int trial = 0; trial < 3; trial++) {
+        char name[32];
+        snprintf(name, sizeof name, "kill-trial%d", trial);
+        job = submit(&c, make_spec(name, 3, 60, 3000));
+        CHECK(wait_step(&c, job, 2 + rand() % (STEPS - 6), 60) == 0);
+        sleep_ms(rand() % 40);
+        pid_t pids[8];
+        int n = member_pids(&c, job, pids, 8);
+        CHECK(n >= 1);
+        if (n >= 1) kill(pids[rand() % n], SIGKILL);
+        check_run(name, &c, job, 120);
+    }
+
+    /* two workers killed in the same step */
+    job = submit(&c, make_spec("killtwo", 3, 60, 3000));
+    CHECK(wait_step(&c, job, 5, 60) == 0);
+    pid_t pids[8];
+    int n = member_pids(&c, job, pids, 8);
+    CHECK(n >= 2);
+    if (n >= 2) {
+        kill(pids[0], SIGKILL);
+        kill(pids[1], SIGKILL);
+    }
+    check_run("two killed in one step", &c, job, 120);
+
+    /* SIGSTOP one past the hang timeout, then SIGCONT: fenced, the job goes on and finishes */
+    job = submit(&c, make_spec("stop", 3, 60, 800));
+    CHECK(wait_step(&c, job, 4, 60) == 0);
+    n = member_pids(&c, job, pids, 8);
+    CHECK(n >= 1);
+    if (n >= 1) {
+        kill(pids[n - 1], SIGSTOP);
+        sleep_ms(1500);
+        kill(pids[n - 1], SIGCONT);
+    }
+    check_run("stopped past the timeout", &c, job, 120);
+    cluster_stop(&c, SIGTERM);
+
+    /* the coordinator killed mid-job and restarted on the same state: the job continues and finishes */
+    CHECK(cluster_start(&c, "crash", 2, NULL) == 0);
+    char ep[256];
+    snprintf(ep, sizeof ep, "%s", c.ep);
+    job = submit(&c, make_spec("crash", 2, 60, 3000));
+    CHECK(wait_step(&c, job, 7, 60) == 0);
+    cluster_stop(&c, SIGKILL); /* its spawned workers are orphaned: they reconnect to the new coordinator */
+    CHECK(cluster_start(&c, "crash", 0, ep) == 0); /* same endpoint: the orphans come back */
+    check_run("coordinator killed and restarted", &c, job, 120);
+    cluster_stop(&c, SIGTERM);
+    sleep_ms(300); /* the workers got SHUTDOWN from the coordinator; give them a moment to exit */
+    return test_finish();
+}
