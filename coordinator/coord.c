@@ -213,6 +213,8 @@ static void on_client_msg(coord_t *c, const uint8_t *id, size_t idlen, wire_msg_
         uint64_t job = 0;
         int rc = coord_submit(c, m->body, &job, err, sizeof err);
         if (rc == 0) {
+            c->idle_since = 0;
+            c->jobs_seen++;
             body = cJSON_CreateObject();
             cJSON_AddNumberToObject(body, "job", (double)job);
         }
@@ -377,7 +379,8 @@ int coord_run(coord_t *c, volatile sig_atomic_t *stop) {
             if (c->job) jobrun_tick(c);
             next_tick = now + (c->heartbeat_ms / 2) / 1000.0;
         }
-        if (c->cfg.exit_when_idle && !c->job && c->idle_since > 0 && now - c->idle_since > 0.2) break;
+        if (c->cfg.exit_when_idle && c->jobs_seen > 0 && !c->job && c->idle_since > 0 && now - c->idle_since > 0.2)
+            break;
     }
     return c->cfg.exit_when_idle ? (c->last_job_failed ? 1 : 0) : 0;
 }

@@ -102,6 +102,7 @@ struct coord {
     int last_job_failed;
     double idle_since;
     uint64_t messages;
+    int64_t jobs_seen; /* jobs submitted to or resumed by this process (exit_when_idle waits for one) */
 };
 
 double coord_now(void);

@@ -185,6 +185,7 @@ void coord_schedule(coord_t *c) {
         }
         cJSON_Delete(prev);
     }
+    c->jobs_seen++;
     int rc = jobrun_start(c, id);
     if (rc) {
         char why[256];

@@ -40,6 +40,7 @@ static void test_roundtrip(void) {
     CHECK_EQ_INT(wire_get_i64(d.body, "missing", -5), -5);
     CHECK(strcmp(wire_type_name(MSG_MB), "MB") == 0);
     CHECK(strcmp(wire_type_name(999), "?") == 0);
+    wire_msg_clear(&d);
 
     /* malformed frames, each its own reason */
     CHECK_RC(wire_decode(buf, 10, &d, why, sizeof why), LLAVA_EFORMAT);           /* short */
