@@ -1,0 +1,313 @@
+/* llava-run: the embedded default. Starts a coordinator with N local CPU workers on this machine, submits the job
+ * spec (every stage), shows live progress, runs the spec's evaluation, stops everything, and exits non-zero if a
+ * job failed. Run: llava-run --help. */
+#include <errno.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/wire.h"
+#include "coordinator/client.h"
+#include "common/dataset.h"
+#include "common/tokenizer.h"
+#include "coordinator/submit.h"
+#include "kernels/cpu/ops.h"
+#include "worker/eval.h"
+#include "worker/model_llava.h"
+
+static volatile sig_atomic_t g_stop = 0; /* set by the signal handler; owned by main */
+
+static void on_signal(int sig) {
+    (void)sig;
+    g_stop = 1;
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: llava-run JOB.yaml [options]\n"
+            "Runs a job spec on this machine: a coordinator, N local CPU workers, live progress, evaluation.\n\n"
+            "  --workers N       local workers (default: the spec's cluster.workers)\n"
+            "  --threads T       compute threads per worker (default: cores / workers, at least 1)\n"
+            "  --state DIR       coordinator state directory (default: <checkpoint.dir>/../llava-state)\n"
+            "  --backend NAME    model (default) or sim (no model; for tests)\n"
+            "  --sim-mb-ms MS    sim backend: milliseconds per micro-batch\n"
+            "  --no-eval         skip the spec's evaluation\n"
+            "  -q, --quiet       no progress bars\n"
+            "  -v, --verbose     debug logging from the daemons\n"
+            "  -h, --help        this help\n");
+}
+
+static void self_dir(char *buf, size_t len) {
+    ssize_t n = readlink("/proc/self/exe", buf, len - 1);
+    if (n <= 0) {
+        snprintf(buf, len, ".");
+        return;
+    }
+    buf[n] = 0;
+    char *d = dirname(buf);
+    memmove(buf, d, strlen(d) + 1);
+}
+
+static int mkdir_p(const char *path) {
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
+            *p = '/';
+        }
+    return (mkdir(tmp, 0755) != 0 && errno != EEXIST) ? -1 : 0;
+}
+
+static const char *jstr(const cJSON *o, const char *a, const char *b) {
+    return cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(o, a), b));
+}
+
+/* The dataset's tokenizer, as ingest recorded it: absolute, relative to here, or relative to the dataset. */
+static int find_tokenizer(const char *dataset, char *out, size_t len) {
+    ds_manifest_t m;
+    if (ds_manifest_load(dataset, &m) != 0) return -1;
+    int rc = -1;
+    char alt[PATH_MAX + 1100];
+    snprintf(alt, sizeof alt, "%s/../%s", dataset, m.tokenizer);
+    if (m.tokenizer[0] && access(m.tokenizer, R_OK) == 0) rc = 0, snprintf(out, len, "%s", m.tokenizer);
+    else if (m.tokenizer[0] && access(alt, R_OK) == 0) rc = 0, snprintf(out, len, "%s", alt);
+    ds_manifest_free(&m);
+    return rc;
+}
+
+/* Scores every stage that has an eval section on the stage's final checkpoint. */
+static int run_evals(const cJSON *stages, int threads, int quiet) {
+    const cJSON *st;
+    int code = 0;
+    cJSON_ArrayForEach(st, stages) {
+        const char *questions = jstr(st, "eval", "data");
+        if (!questions) continue;
+        const char *run_dir = jstr(st, "checkpoint", "dir"), *train = jstr(st, "data", "train");
+        char latest[PATH_MAX + 16], name[256] = "", model_dir[PATH_MAX + 300], tokp[PATH_MAX + 1200];
+        snprintf(latest, sizeof latest, "%s/latest", run_dir ? run_dir : ".");
+        FILE *f = fopen(latest, "r");
+        if (!f || !fgets(name, sizeof name, f)) {
+            fprintf(stderr, "llava-run: eval: no checkpoint in %s\n", run_dir ? run_dir : "?");
+            if (f) fclose(f);
+            code = 1;
+            continue;
+        }
+        fclose(f);
+        name[strcspn(name, "\r\n")] = 0;
+        snprintf(model_dir, sizeof model_dir, "%s/%s", run_dir, name);
+        if (!train || find_tokenizer(train, tokp, sizeof tokp) != 0) {
+            fprintf(stderr, "llava-run: eval: dataset %s names no readable tokenizer\n", train ? train : "?");
+            code = 1;
+            continue;
+        }
+        template_t tpl;
+        if (template_parse(jstr(st, "data", "template") ? jstr(st, "data", "template") : "", &tpl) != 0) tpl = TPL_VICUNA_V1;
+        const char *aspect = jstr(st, "model", "image_aspect_ratio");
+        eval_opts_t o = {.questions = questions, .answers = jstr(st, "eval", "answers"), .tpl = tpl,
+                         .pad = aspect && strcmp(aspect, "pad") == 0};
+        llava_model_t *m = NULL;
+        tokenizer_t *tok = NULL;
+        eval_result_t r;
+        kernels_set_threads(threads);
+        if (!quiet) printf("== eval of %s on %s\n", model_dir, questions);
+        int rc = llava_model_load(model_dir, &m);
+        if (!rc) rc = tokenizer_load(tokp, &tok);
+        if (!rc) rc = llava_eval_mc(m, tok, &o, &r);
+        if (rc) {
+            fprintf(stderr, "llava-run: eval of %s failed: %s\n", model_dir, err_str(rc));
+            code = 1;
+        } else {
+            const char *nm = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(st, "name"));
+            printf("%s: ", nm ? nm : "eval");
+            eval_result_print(&r, stdout);
+        }
+        llava_model_free(&m);
+        tokenizer_free(&tok);
+    }
+    return code;
+}
+
+static pid_t start_coordinator(const char *bindir, const char *state, int workers, const char *wargs,
+                               const char *epfile, int verbose) {
+    char exe[PATH_MAX + 32], wexe[PATH_MAX + 32], nw[16];
+    snprintf(exe, sizeof exe, "%s/llava-coordinator", bindir);
+    snprintf(wexe, sizeof wexe, "%s/llava-worker", bindir);
+    snprintf(nw, sizeof nw, "%d", workers);
+    unlink(epfile);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char *args[] = {exe, "--bind", "tcp://127.0.0.1:*", "--state", (char *)state, "--spawn-workers", nw,
+                        "--worker-exe", wexe, "--worker-args", (char *)wargs, "--exit-when-idle",
+                        "--endpoint-file", (char *)epfile, verbose ? "-v" : NULL, NULL};
+        execv(exe, args);
+        fprintf(stderr, "llava-run: cannot exec %s: %s\n", exe, strerror(errno));
+        _exit(127);
+    }
+    return pid;
+}
+
+static int read_endpoint(const char *epfile, pid_t coord, char *ep, size_t len) {
+    for (int i = 0; i < 200 && !g_stop; i++) { /* 20 s */
+        FILE *f = fopen(epfile, "r");
+        if (f) {
+            int ok = fgets(ep, (int)len, f) != NULL;
+            fclose(f);
+            ep[strcspn(ep, "\r\n")] = 0;
+            if (ok && ep[0]) return 0;
+        }
+        if (waitpid(coord, NULL, WNOHANG) == coord) return -1;
+        usleep(100000);
+    }
+    return -1;
+}
+
+/* Watches one job to its end. Returns 0 if it finished "done". */
+static int watch_job(client_t *cl, uint64_t job, int quiet) {
+    int tty = isatty(1) && !quiet;
+    int64_t last_step = -1;
+    while (!g_stop) {
+        cJSON *body = cJSON_CreateObject(), *st = NULL;
+        cJSON_AddNumberToObject(body, "job", (double)job);
+        char err[512];
+        if (client_request(cl, MSG_STATUS, 0, body, 10000, &st, err, sizeof err)) {
+            fprintf(stderr, "\nllava-run: %s\n", err);
+            return 1;
+        }
+        const cJSON *j = cJSON_GetObjectItemCaseSensitive(st, "job");
+        const char *state = wire_get_str(j, "state", "?");
+        if (strcmp(state, "queued") && strcmp(state, "running")) {
+            if (tty) printf("\n");
+            client_print_status(st, tty);
+            int ok = strcmp(state, "done") == 0;
+            cJSON_Delete(st);
+            return ok ? 0 : 1;
+        }
+        const cJSON *run = cJSON_GetObjectItemCaseSensitive(st, "run");
+        if (tty) client_print_progress_line(st);
+        else if (!quiet && run && wire_get_i64(run, "step", 0) != last_step) {
+            last_step = wire_get_i64(run, "step", 0);
+            client_print_progress_line(st);
+            printf("\n");
+        }
+        cJSON_Delete(st);
+        usleep(tty ? 200000 : 500000);
+    }
+    return 130;
+}
+
+int main(int argc, char **argv) {
+    log_set_role("llava-run", -1);
+    int workers = 0, threads = 0, quiet = 0, verbose = 0, no_eval = 0, sim_ms = 0;
+    const char *state = NULL, *backend = "model";
+    static const struct option opts[] = {{"workers", 1, 0, 'w'}, {"threads", 1, 0, 't'}, {"state", 1, 0, 's'},
+                                         {"backend", 1, 0, 'B'}, {"sim-mb-ms", 1, 0, 'm'}, {"no-eval", 0, 0, 'E'},
+                                         {"quiet", 0, 0, 'q'},   {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "qvh", opts, NULL)) != -1) {
+        switch (o) {
+        case 'w': workers = atoi(optarg); break;
+        case 't': threads = atoi(optarg); break;
+        case 's': state = optarg; break;
+        case 'B': backend = optarg; break;
+        case 'm': sim_ms = atoi(optarg); break;
+        case 'E': no_eval = 1; break;
+        case 'q': quiet = 1; break;
+        case 'v': verbose = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc - 1) {
+        usage(stderr);
+        return 2;
+    }
+    const char *spec_path = argv[optind];
+    cJSON *stages = NULL;
+    if (submit_load_stages(spec_path, &stages, stderr)) return 2;
+    const cJSON *first = cJSON_GetArrayItem(stages, 0);
+    if (workers <= 0) workers = (int)wire_get_i64(cJSON_GetObjectItemCaseSensitive(first, "cluster"), "workers", 1);
+    if (workers < 1 || workers > 256) {
+        fprintf(stderr, "llava-run: --workers must be 1..256\n");
+        return 2;
+    }
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (threads <= 0) threads = cores / workers > 0 ? (int)(cores / workers) : 1;
+    char statebuf[PATH_MAX], bindir[PATH_MAX], epfile[PATH_MAX + 32], wargs[256];
+    if (!state) {
+        const char *ck = wire_get_str(cJSON_GetObjectItemCaseSensitive(first, "checkpoint"), "dir", "runs/job");
+        char tmp[PATH_MAX];
+        snprintf(tmp, sizeof tmp, "%s", ck);
+        snprintf(statebuf, sizeof statebuf, "%s/llava-state", dirname(tmp));
+        state = statebuf;
+    }
+    if (mkdir_p(state) != 0) {
+        fprintf(stderr, "llava-run: cannot create state directory %s: %s\n", state, strerror(errno));
+        return 1;
+    }
+    self_dir(bindir, sizeof bindir);
+    snprintf(epfile, sizeof epfile, "%s/endpoint", state);
+    snprintf(wargs, sizeof wargs, "--threads %d --backend %s --sim-mb-ms %d%s", threads, backend, sim_ms,
+             verbose ? " -v" : "");
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    if (!quiet) printf("llava-run: %s: %d stage(s), %d local worker(s) x %d thread(s), state in %s\n", spec_path,
+                       cJSON_GetArraySize(stages), workers, threads, state);
+    fflush(stdout);
+    pid_t coord = start_coordinator(bindir, state, workers, wargs, epfile, verbose);
+    char ep[256];
+    if (coord < 0 || read_endpoint(epfile, coord, ep, sizeof ep) != 0) {
+        fprintf(stderr, "llava-run: the coordinator did not start (see its log above)\n");
+        if (coord > 0) kill(coord, SIGTERM), waitpid(coord, NULL, 0);
+        cJSON_Delete(stages);
+        return 1;
+    }
+    client_t *cl = NULL;
+    int code = client_open(ep, &cl) ? 1 : 0;
+    uint64_t after = 0;
+    uint64_t ids[64];
+    int n = cJSON_GetArraySize(stages);
+    for (int i = 0; i < n && i < 64 && !code; i++) {
+        cJSON *req = cJSON_CreateObject(), *reply = NULL;
+        cJSON_AddItemToObject(req, "spec", cJSON_Duplicate(cJSON_GetArrayItem(stages, i), 1));
+        cJSON_AddStringToObject(req, "source", spec_path);
+        if (after) cJSON_AddNumberToObject(req, "after", (double)after);
+        char err[512];
+        if (client_request(cl, MSG_SUBMIT, 0, req, 10000, &reply, err, sizeof err)) {
+            fprintf(stderr, "llava-run: submit: %s\n", err);
+            code = 1;
+            break;
+        }
+        ids[i] = after = (uint64_t)wire_get_i64(reply, "job", 0);
+        cJSON_Delete(reply);
+    }
+    for (int i = 0; i < n && i < 64 && !code; i++) {
+        if (!quiet) printf("== stage %d/%d: %s (job %llu)\n", i + 1, n,
+                           wire_get_str(cJSON_GetArrayItem(stages, i), "name", "?"), (unsigned long long)ids[i]);
+        code = watch_job(cl, ids[i], quiet);
+    }
+    client_close(&cl);
+    if (g_stop || code) kill(coord, SIGTERM);
+    int status = 0;
+    waitpid(coord, &status, 0);
+    if (!code && !g_stop && !no_eval && strcmp(backend, "sim") != 0) code = run_evals(stages, (int)cores, quiet);
+    cJSON_Delete(stages);
+    if (g_stop) {
+        fprintf(stderr, "llava-run: interrupted; completed steps are in the ledger and the last checkpoint\n");
+        return 130;
+    }
+    return code;
+}
