@@ -132,10 +132,12 @@ int cuda_add_rows(void *out, const void *row, int N, int C, cuda_dtype_t dt, cud
 /** out[N,C] = table[ids[i], :] (ids device int32 in [0,V)). */
 int cuda_embedding_forward(void *out, const int32_t *ids, const void *table, int N, int C, cuda_dtype_t dt,
                            cudaStream_t s);
-/** dtable[V,C] += dout rows scattered by ids (negative ids skipped). Deterministic and sort-free: each thread owns
- *  one column and walks the N rows in order (no atomics); parallel over C, sequential over N. */
-int cuda_embedding_backward(void *dtable, const void *dout, const int32_t *ids, int N, int C, cuda_dtype_t dt,
-                            cudaStream_t s);
+/** dtable[V,C] += dout rows scattered by ids (negative ids skipped). Deterministic and sort-free, no atomics: a
+ *  link kernel chains the rows sharing an id (O(N^2) integer compares, one thread per row), then each thread owns
+ *  one column and, for each id, sums that id's rows in fp32 in row order and adds the sum once (one rounding per
+ *  table element, also in bf16). Uses 2*N int32 of the context's scratch. */
+int cuda_embedding_backward(cuda_ctx_t *ctx, void *dtable, const void *dout, const int32_t *ids, int N, int C,
+                            cuda_dtype_t dt, cudaStream_t s);
 /** As image_scatter_forward. Counts the image positions on the device and SYNCHRONISES the stream to compare the
  *  count with M: returns LLAVA_ESHAPE (nothing written) on a mismatch. Uses N int32 of the context's scratch. */
 int cuda_image_scatter_forward(cuda_ctx_t *ctx, void *embeds, const int32_t *ids, int32_t image_token_id,
