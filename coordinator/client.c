@@ -13,6 +13,7 @@
 struct client {
     void *ctx, *sock;
     char endpoint[256];
+    int64_t req; /* request counter: a late reply to an earlier request is recognised and dropped */
 };
 
 int client_open(const char *endpoint, client_t **out) {
@@ -52,23 +53,29 @@ int client_request(client_t *c, int type, uint64_t job, cJSON *body, int timeout
     wire_msg_t m = {.type = (uint16_t)type, .job = job, .step = -1, .body = body ? body : cJSON_CreateObject()};
     *reply = NULL;
     err[0] = 0;
+    int64_t req = ++c->req;
+    if (m.body) cJSON_AddNumberToObject(m.body, "req", (double)req);
     int rc = wire_send(c->sock, NULL, 0, &m, 0);
     cJSON_Delete(m.body);
     if (rc) {
         snprintf(err, errlen, "cannot send to %s: %s", c->endpoint, err_str(rc));
         return rc;
     }
-    zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
-    if (zmq_poll(&it, 1, timeout_ms) <= 0) {
-        snprintf(err, errlen, "no reply from the coordinator at %s within %d ms (is it running?)", c->endpoint,
-                 timeout_ms);
-        return LLAVA_ETIMEOUT;
-    }
     wire_msg_t r;
-    rc = wire_recv(c->sock, NULL, NULL, &r, 0);
-    if (rc) {
-        snprintf(err, errlen, "malformed reply from %s", c->endpoint);
-        return rc;
+    for (;;) {
+        zmq_pollitem_t it = {c->sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, timeout_ms) <= 0) {
+            snprintf(err, errlen, "no reply from the coordinator at %s within %d ms (is it running?)", c->endpoint,
+                     timeout_ms);
+            return LLAVA_ETIMEOUT;
+        }
+        rc = wire_recv(c->sock, NULL, NULL, &r, 0);
+        if (rc) {
+            snprintf(err, errlen, "malformed reply from %s", c->endpoint);
+            return rc;
+        }
+        if (wire_get_i64(r.body, "req", -1) == req) break;
+        wire_msg_clear(&r); /* the reply to a request that timed out earlier */
     }
     if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r.body, "ok"))) {
         snprintf(err, errlen, "%s", wire_get_str(r.body, "error", "request refused"));

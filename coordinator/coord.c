@@ -34,9 +34,10 @@ int coord_send(coord_t *c, worker_t *w, const wire_msg_t *m) {
     return rc;
 }
 
-static int reply(coord_t *c, const uint8_t *id, size_t idlen, cJSON *body, const char *error) {
+static int reply(coord_t *c, const uint8_t *id, size_t idlen, int64_t req, cJSON *body, const char *error) {
     wire_msg_t m = {.type = MSG_REPLY, .step = -1, .body = body ? body : cJSON_CreateObject()};
     if (!m.body) return LLAVA_ENOMEM;
+    cJSON_AddNumberToObject(m.body, "req", (double)req); /* the client matches replies to its requests */
     cJSON_AddBoolToObject(m.body, "ok", error == NULL);
     if (error) cJSON_AddStringToObject(m.body, "error", error);
     int rc = wire_send(c->sock, id, idlen, &m, ZMQ_DONTWAIT);
@@ -238,7 +239,7 @@ static void on_client_msg(coord_t *c, const uint8_t *id, size_t idlen, wire_msg_
     }
     default: snprintf(err, sizeof err, "unexpected request %s", wire_type_name(m->type));
     }
-    reply(c, id, idlen, body, err[0] ? err : NULL);
+    reply(c, id, idlen, wire_get_i64(m->body, "req", 0), body, err[0] ? err : NULL);
 }
 
 static void on_message(coord_t *c) {

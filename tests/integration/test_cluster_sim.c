@@ -84,7 +84,10 @@ static int cluster_start(cluster_t *c, const char *name, int workers, const char
     snprintf(wexe, sizeof wexe, "%s/llava-worker", g_bin);
     c->pid = fork();
     if (c->pid == 0) {
-        setenv("LLAVA_LOG", "error", 1);
+        char logp[700];
+        snprintf(logp, sizeof logp, "%s.log", c->state);
+        FILE *lf = freopen(logp, "a", stderr); /* the daemons' logs, printed when a check fails */
+        (void)lf;
         execl(exe, exe, "--bind", bindbuf, "--state", c->state, "--spawn-workers", nw, "--worker-exe",
               wexe, "--worker-args", "--backend sim --sim-mb-ms 15", "--endpoint-file", epfile, (char *)NULL);
         _exit(127);
@@ -138,6 +141,13 @@ static cJSON *make_spec(const char *name, int workers, int mb_tokens, int hang_m
     return s;
 }
 
+/* The tail of a cluster's daemon log, for a failed check. */
+static void print_log(const cluster_t *c) {
+    char cmd[800];
+    snprintf(cmd, sizeof cmd, "tail -n 40 %s.log >&2", c->state);
+    if (system(cmd) != 0) fprintf(stderr, "(no log at %s.log)\n", c->state);
+}
+
 static uint64_t submit(cluster_t *c, cJSON *spec) {
     cJSON *req = cJSON_CreateObject(), *reply = NULL;
     cJSON_AddItemToObject(req, "spec", spec);
@@ -155,7 +165,7 @@ static cJSON *status(cluster_t *c, uint64_t job) {
     cJSON *b = cJSON_CreateObject(), *r = NULL;
     cJSON_AddNumberToObject(b, "job", (double)job);
     char err[512];
-    if (client_request(c->cl, MSG_STATUS, 0, b, 5000, &r, err, sizeof err)) return NULL;
+    if (client_request(c->cl, MSG_STATUS, 0, b, 20000, &r, err, sizeof err)) return NULL;
     return r;
 }
 
@@ -220,7 +230,7 @@ static int ledger_losses(cluster_t *c, uint64_t job, double *loss, int *steps) {
     cJSON_AddNumberToObject(b, "from", 0);
     cJSON_AddNumberToObject(b, "to", -1);
     char err[512];
-    if (client_request(c->cl, MSG_LEDGER, 0, b, 5000, &r, err, sizeof err)) return -1;
+    if (client_request(c->cl, MSG_LEDGER, 0, b, 20000, &r, err, sizeof err)) return -1;
     static int seen[EPOCHS][N_SAMPLES];
     memset(seen, 0, sizeof seen);
     int n = 0, bad = 0;
@@ -250,6 +260,7 @@ static void check_run(const char *what, cluster_t *c, uint64_t job, double timeo
     char buf[32];
     const char *st = wait_job(c, job, timeout_s, buf, sizeof buf);
     CHECKF(strcmp(st, "done") == 0, "%s: job ended '%s'", what, st);
+    if (strcmp(st, "done") != 0) print_log(c);
     double loss[STEPS];
     int steps = 0;
     int bad = ledger_losses(c, job, loss, &steps);
@@ -281,7 +292,10 @@ int main(void) {
     uint64_t job = submit(&c, make_spec("base", 1, 256, 3000));
     CHECK(job > 0);
     char buf[32];
-    CHECK(strcmp(wait_job(&c, job, 120, buf, sizeof buf), "done") == 0);
+    if (strcmp(wait_job(&c, job, 120, buf, sizeof buf), "done") != 0) {
+        CHECKF(0, "baseline job did not finish: %s", buf);
+        print_log(&c);
+    }
     int steps = 0;
     CHECK_EQ_INT(ledger_losses(&c, job, g_base, &steps), 0);
     CHECK_EQ_INT(steps, STEPS);
