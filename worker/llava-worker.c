@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "worker/omp_policy.h"
 #include "worker/worker.h"
 
 static volatile sig_atomic_t g_stop = 0; /* set by the signal handler; owned by main */
@@ -31,6 +32,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    omp_policy_ensure_passive(argv); /* idle OpenMP threads must not spin against OpenBLAS (30% of a step) */
     log_set_role("worker", -1);
     worker_config_t cfg = {.coordinator = getenv("LLAVA_COORDINATOR"), .backend = "model", .device = "cpu",
                            .bind_host = "127.0.0.1", .threads = 1};
