@@ -134,7 +134,7 @@ int main(int argc, char **argv) {
                                          {"from", 1, 0, 'F'},        {"to", 1, 0, 'T'},   {"help", 0, 0, 'h'},
                                          {0, 0, 0, 0}};
     int o;
-    while ((o = getopt_long(argc, argv, "+h", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) { /* GNU getopt: options before or after */
         switch (o) {
         case 'c': ep = optarg; break;
         case 'j': json = 1; break;
@@ -150,18 +150,6 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *cmd = argv[optind++];
-    /* options may also follow the command */
-    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (o) {
-        case 'c': ep = optarg; break;
-        case 'j': json = 1; break;
-        case 't': timeout = atoi(optarg); break;
-        case 'F': from = atoll(optarg); break;
-        case 'T': to = atoll(optarg); break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
     const char *arg = optind < argc ? argv[optind] : NULL;
     if (strcmp(cmd, "validate") == 0) {
         if (!arg) {
