@@ -176,14 +176,17 @@ static int read_endpoint(const char *epfile, pid_t coord, char *ep, size_t len) 
 static int watch_job(client_t *cl, uint64_t job, int quiet) {
     int tty = isatty(1) && !quiet;
     int64_t last_step = -1;
+    int misses = 0;
     while (!g_stop) {
         cJSON *body = cJSON_CreateObject(), *st = NULL;
         cJSON_AddNumberToObject(body, "job", (double)job);
         char err[512];
         if (client_request(cl, MSG_STATUS, 0, body, 10000, &st, err, sizeof err)) {
-            fprintf(stderr, "\nllava-run: %s\n", err);
+            if (++misses < 6) continue; /* a busy coordinator answers late; the late reply is dropped by its id */
+            fprintf(stderr, "\nllava-run: %s (6 times in a row)\n", err);
             return 1;
         }
+        misses = 0;
         const cJSON *j = cJSON_GetObjectItemCaseSensitive(st, "job");
         const char *state = wire_get_str(j, "state", "?");
         if (strcmp(state, "queued") && strcmp(state, "running")) {
