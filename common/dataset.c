@@ -14,6 +14,7 @@
 #include <lmdb.h>
 
 #include "common/err.h"
+#include "common/fileio.h"
 #include "common/image.h"
 
 #define PLACEHOLDER (-200)
@@ -194,28 +195,6 @@ int ds_record_decode(const void *buf, size_t len, int check_sum, ds_record_t *ou
 
 /* ---------------------------------------------------------------- manifest */
 
-static char *read_whole(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long n = ftell(f);
-        if (n >= 0 && fseek(f, 0, SEEK_SET) == 0) {
-            buf = malloc((size_t)n + 1);
-            if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-                free(buf);
-                buf = NULL;
-            }
-            if (buf) {
-                buf[n] = 0;
-                *len = (size_t)n;
-            }
-        }
-    }
-    fclose(f);
-    return buf;
-}
-
 void ds_manifest_free(ds_manifest_t *m) {
     free(m->shards);
     free(m->lengths);
@@ -348,8 +327,9 @@ int ds_manifest_load(const char *dir, ds_manifest_t *m) {
     size_t len = 0;
     memset(m, 0, sizeof *m);
     snprintf(path, sizeof path, "%s/manifest.json", dir);
-    char *text = read_whole(path, &len);
-    CHECK_GOTO(text, LLAVA_ENOTFOUND, "%s: cannot read (%s); is '%s' a dataset made by llava-data ingest?", path,
+    char *text = NULL;
+    int frc = file_read_all(path, &text, &len);
+    CHECK_GOTO(frc == 0, frc == LLAVA_ENOMEM ? LLAVA_ENOMEM : LLAVA_ENOTFOUND, "%s: cannot read (%s); is '%s' a dataset made by llava-data ingest?", path,
                strerror(errno), dir);
     rc = ds_manifest_parse(text, len, path, m);
 cleanup:

@@ -5,27 +5,8 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/fileio.h"
 #include "common/jobspec.h"
-
-static char *read_all(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 65536, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0) break;
-        if (n + 1 == cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) free(buf);
-            buf = nb;
-        }
-    }
-    fclose(f);
-    if (buf) buf[n] = 0;
-    return buf;
-}
 
 int submit_load_stages(const char *path, cJSON **stages, FILE *errs) {
     int rc = 0;
@@ -35,8 +16,7 @@ int submit_load_stages(const char *path, cJSON **stages, FILE *errs) {
     *stages = NULL;
     size_t len = strlen(path);
     if (len > 5 && strcmp(path + len - 5, ".json") == 0) {
-        text = read_all(path);
-        if (!text) {
+        if (file_read_all(path, &text, NULL) != 0) {
             fprintf(errs, "%s: cannot read\n", path);
             return LLAVA_EIO;
         }

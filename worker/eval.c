@@ -13,6 +13,7 @@
 
 #include "common/dataset.h"
 #include "common/err.h"
+#include "common/fileio.h"
 #include "common/image.h"
 
 #define EVAL_MAX_OPTIONS 8
@@ -147,15 +148,9 @@ int llava_eval_mc(llava_model_t *m, const tokenizer_t *tok, const eval_opts_t *o
     memset(out, 0, sizeof *out);
     RC_CHECK_GOTO(conv_file_load(o->questions, &qs, NULL, NULL));
     if (o->answers) {
-        FILE *f = fopen(o->answers, "rb");
-        CHECK_GOTO(f, LLAVA_EIO, "%s: cannot open the answers file", o->answers);
-        fseek(f, 0, SEEK_END);
-        long n = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        atext = malloc((size_t)n + 1);
-        size_t got = atext ? fread(atext, 1, (size_t)n, f) : 0;
-        fclose(f);
-        ALLOC_CHECK_GOTO(atext);
+        size_t got = 0;
+        rc = file_read_all(o->answers, &atext, &got);
+        CHECK_GOTO(rc == 0, rc, "%s: cannot read the answers file: %s", o->answers, err_str(rc));
         answers = cJSON_ParseWithLength(atext, got);
         CHECK_GOTO(cJSON_IsArray(answers), LLAVA_EFORMAT, "%s: not a JSON array of {id, answer, type}", o->answers);
     }
