@@ -427,46 +427,54 @@ static inline uint8_t clip8(int32_t v) {
     return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
-/* Horizontal pass: output columns [x0, x0+cw) of rows [y0, y0+nrows) of in into tmp (nrows x cw). */
-static void resample_h(const uint8_t *in, int in_w, int y0, int nrows, uint8_t *tmp, int x0, int cw, int ksize,
-                       const int *bounds, const int32_t *kk) {
+/* Horizontal pass: output columns [x0, x0+cw) for nrows rows of src (row y at src + y*stride*3; its column 0 is
+ * source column xoff) into dst (nrows x cw). */
+static void resample_h(const uint8_t *src, size_t stride, int nrows, int xoff, uint8_t *dst, int x0, int cw,
+                       int ksize, const int *bounds, const int32_t *kk) {
     for (int y = 0; y < nrows; y++) {
-        const uint8_t *src = in + (size_t)(y + y0) * in_w * 3;
-        uint8_t *dst = tmp + (size_t)y * cw * 3;
+        const uint8_t *row = src + (size_t)y * stride * 3;
+        uint8_t *d = dst + (size_t)y * cw * 3;
         for (int ox = 0; ox < cw; ox++) {
-            int xx = ox + x0, xmin = bounds[2 * xx], n = bounds[2 * xx + 1];
+            int xx = ox + x0, n = bounds[2 * xx + 1];
             const int32_t *k = kk + (size_t)xx * ksize;
-            const uint8_t *p = src + (size_t)xmin * 3;
+            const uint8_t *p = row + (size_t)(bounds[2 * xx] - xoff) * 3;
             int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
             for (int x = 0; x < n; x++) {
                 s0 += p[3 * x] * k[x];
                 s1 += p[3 * x + 1] * k[x];
                 s2 += p[3 * x + 2] * k[x];
             }
-            dst[3 * ox] = clip8(s0);
-            dst[3 * ox + 1] = clip8(s1);
-            dst[3 * ox + 2] = clip8(s2);
+            d[3 * ox] = clip8(s0);
+            d[3 * ox + 1] = clip8(s1);
+            d[3 * ox + 2] = clip8(s2);
         }
     }
 }
 
-/* Vertical pass: output rows [y0, y0+ch) from in (w wide; its row 0 is source row yoff) into out (ch x w). acc holds
- * 3*w int32. */
-static void resample_v(const uint8_t *in, int w, uint8_t *out, int y0, int ch, int ksize, const int *bounds,
-                       const int32_t *kk, int yoff, int32_t *acc) {
-    size_t stride = (size_t)w * 3;
+/* Vertical pass: output rows [y0, y0+ch) of w pixels from src (row y at src + y*stride*3; its row 0 is source row
+ * yoff) into dst (ch x w). acc holds 3*w int32. */
+static void resample_v(const uint8_t *src, size_t stride, int w, int yoff, uint8_t *dst, int y0, int ch, int ksize,
+                       const int *bounds, const int32_t *kk, int32_t *acc) {
+    size_t n3 = (size_t)w * 3;
     for (int oy = 0; oy < ch; oy++) {
-        int yy = oy + y0, ymin = bounds[2 * yy] - yoff, n = bounds[2 * yy + 1];
+        int yy = oy + y0, n = bounds[2 * yy + 1];
+        const uint8_t *s = src + (size_t)(bounds[2 * yy] - yoff) * stride * 3;
         const int32_t *k = kk + (size_t)yy * ksize;
-        uint8_t *dst = out + (size_t)oy * stride;
-        for (size_t i = 0; i < stride; i++) acc[i] = 1 << (PRECISION_BITS - 1);
-        for (int y = 0; y < n; y++) {
-            const uint8_t *src = in + (size_t)(y + ymin) * stride;
+        uint8_t *d = dst + (size_t)oy * n3;
+        for (size_t i = 0; i < n3; i++) acc[i] = 1 << (PRECISION_BITS - 1);
+        for (int y = 0; y < n; y++, s += stride * 3) {
             int32_t ky = k[y];
-            for (size_t i = 0; i < stride; i++) acc[i] += src[i] * ky;
+            for (size_t i = 0; i < n3; i++) acc[i] += s[i] * ky;
         }
-        for (size_t i = 0; i < stride; i++) dst[i] = clip8(acc[i]);
+        for (size_t i = 0; i < n3; i++) d[i] = clip8(acc[i]);
     }
+}
+
+/* Pillow (13.0, Resample.c ImagingResampleInner) runs the vertical pass first when the height shrinks and the
+ * width shrinks by less than half as many pixels (2 * (w - out_w) < h - out_h), else horizontal first. The
+ * intermediate image is rounded to uint8, so the order changes results by a few levels; we follow it. */
+static int resize_vertical_first(int in_w, int in_h, int out_w, int out_h) {
+    return out_h < in_h && 2 * ((long long)in_w - out_w) < (long long)in_h - out_h;
 }
 
 /* The window [x0, x0+cw) x [y0, y0+ch) of Pillow's resize of in to out_w x out_h: each output pixel depends only
@@ -486,33 +494,35 @@ static int resize_window(const image_t *in, int out_w, int out_h, int x0, int y0
     if (need_h) ksh = resample_coeffs(in->w, out_w, &bh, &kh);
     if (need_v) ksv = resample_coeffs(in->h, out_h, &bv, &kv);
     CHECK_GOTO((!need_h || ksh > 0) && (!need_v || ksv > 0), LLAVA_ENOMEM, "out of memory: resample coefficients");
-    /* source rows the window needs */
+    /* the source columns and rows the window reads */
+    int xfirst = need_h ? bh[2 * x0] : x0;
+    int xlast = need_h ? bh[2 * (x0 + cw - 1)] + bh[2 * (x0 + cw - 1) + 1] : x0 + cw;
     int yfirst = need_v ? bv[2 * y0] : y0;
     int ylast = need_v ? bv[2 * (y0 + ch - 1)] + bv[2 * (y0 + ch - 1) + 1] : y0 + ch;
-    const uint8_t *rows = in->rgb + (size_t)yfirst * in->w * 3; /* (ylast - yfirst) rows of cw pixels after the steps below */
-    if (need_h) {
-        uint8_t *dst = out->rgb;
-        if (need_v) {
-            tmp = malloc((size_t)cw * (size_t)(ylast - yfirst) * 3 + 1);
-            ALLOC_CHECK_GOTO(tmp);
-            dst = tmp;
-        }
-        resample_h(in->rgb, in->w, yfirst, ylast - yfirst, dst, x0, cw, ksh, bh, kh);
-        rows = dst;
-    } else if (need_v && cw != in->w) {
-        tmp = malloc((size_t)cw * (size_t)(ylast - yfirst) * 3 + 1);
+    size_t stride = (size_t)in->w;
+    if (need_h && need_v) {
+        int vfirst = resize_vertical_first(in->w, in->h, out_w, out_h);
+        int tw = vfirst ? xlast - xfirst : cw, th = vfirst ? ch : ylast - yfirst;
+        tmp = malloc((size_t)tw * (size_t)th * 3 + 1);
+        acc = malloc(sizeof(int32_t) * 3 * (size_t)(vfirst ? tw : cw));
         ALLOC_CHECK_GOTO(tmp);
-        for (int y = yfirst; y < ylast; y++)
-            memcpy(tmp + (size_t)(y - yfirst) * cw * 3, in->rgb + ((size_t)y * in->w + x0) * 3, (size_t)cw * 3);
-        rows = tmp;
-    }
-    if (need_v) {
+        ALLOC_CHECK_GOTO(acc);
+        if (vfirst) {
+            resample_v(in->rgb + (size_t)xfirst * 3, stride, tw, 0, tmp, y0, ch, ksv, bv, kv, acc);
+            resample_h(tmp, (size_t)tw, ch, xfirst, out->rgb, x0, cw, ksh, bh, kh);
+        } else {
+            resample_h(in->rgb + (size_t)yfirst * stride * 3, stride, th, 0, tmp, x0, cw, ksh, bh, kh);
+            resample_v(tmp, (size_t)cw, cw, yfirst, out->rgb, y0, ch, ksv, bv, kv, acc);
+        }
+    } else if (need_h) {
+        resample_h(in->rgb + (size_t)y0 * stride * 3, stride, ch, 0, out->rgb, x0, cw, ksh, bh, kh);
+    } else if (need_v) {
         acc = malloc(sizeof(int32_t) * 3 * (size_t)cw);
         ALLOC_CHECK_GOTO(acc);
-        resample_v(rows, cw, out->rgb, y0, ch, ksv, bv, kv, yfirst, acc);
-    } else if (!need_h) {
+        resample_v(in->rgb + (size_t)x0 * 3, stride, cw, 0, out->rgb, y0, ch, ksv, bv, kv, acc);
+    } else {
         for (int y = 0; y < ch; y++)
-            memcpy(out->rgb + (size_t)y * cw * 3, in->rgb + ((size_t)(y + y0) * in->w + x0) * 3, (size_t)cw * 3);
+            memcpy(out->rgb + (size_t)y * cw * 3, in->rgb + ((size_t)(y + y0) * stride + x0) * 3, (size_t)cw * 3);
     }
 cleanup:
     if (rc) image_free(out);

@@ -39,8 +39,8 @@ void image_free(image_t *img);
 int image_pad_square(const image_t *in, const uint8_t bg[3], image_t *out);
 
 /** Pillow Image.resize((out_w, out_h), BICUBIC) bit for bit: separable antialiased convolution (support 2 scaled
- *  by the downscale factor), 22-bit fixed-point coefficients, horizontal pass then vertical (Resample.c's order;
- *  Pillow 13.0.0 runs vertical first for some size pairs, which changes a few values by up to ~7 levels). */
+ *  by the downscale factor), 22-bit fixed-point coefficients, uint8 intermediate, and Pillow 13's pass order
+ *  (vertical first when the height shrinks and 2 * (w - out_w) < h - out_h, else horizontal first). */
 int image_resize_bicubic(const image_t *in, int out_w, int out_h, image_t *out);
 
 /** transformers' center_crop: top = (h - ch) // 2, left = (w - cw) // 2; the crop must fit (LLAVA_EINVAL). */
