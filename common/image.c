@@ -237,8 +237,9 @@ static int decode_png(const uint8_t *buf, size_t len, const char *name, size_t m
     }
     int ct = png_get_color_type(png, info), depth = png_get_bit_depth(png, info);
     /* Pillow: palettes are looked up ignoring tRNS, 1/2/4-bit grey scaled to 0..255, alpha dropped by
-     * convert("RGB"), 16-bit RGB(A)/LA keep the high byte, 16-bit grey ("I;16") is clipped to 255. */
-    int grey16 = (ct == PNG_COLOR_TYPE_GRAY || ct == PNG_COLOR_TYPE_GRAY_ALPHA) && depth == 16;
+     * convert("RGB"), 16-bit RGB(A)/LA keep the high byte ("LA;16B"), 16-bit grey alone ("I;16") is clipped
+     * to 255. */
+    int grey16 = ct == PNG_COLOR_TYPE_GRAY && depth == 16;
     if (ct == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
     if (ct == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
     if (depth == 16 && !grey16) png_set_strip_16(png);

@@ -1,6 +1,8 @@
-"""Generates tests/fixtures/image/: varied JPEG/PNG inputs made with Pillow and the uint8 CHW output of LLaVA's CLIP
-preprocessing (Image.open().convert("RGB"), optional expand2square, CLIPImageProcessor use_fast=False), checked
-against the processor's float output. Run: python3 tests/reference/make_image_fixtures.py (consumed by test_image.c)."""
+"""Generates tests/fixtures/image/: varied JPEG/PNG inputs made with Pillow (or by hand where Pillow cannot write the
+format: 16-bit RGB/LA/RGBA, 1/2/4-bit grey and palette, tRNS on grey/RGB, Adam7) and the uint8 CHW output of LLaVA's
+CLIP preprocessing (Image.open().convert("RGB"), optional expand2square, CLIPImageProcessor use_fast=False), checked
+against the processor's float output. Run: python3 tests/reference/make_image_fixtures.py (consumed by test_image.c).
+Regenerating with the same Pillow reproduces the committed files byte for byte."""
 import io
 import os
 import sys
@@ -124,6 +126,92 @@ def interlaced_png(img):
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 1)) +
             chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
+def png_raw(w, h, depth, ctype, rows, plte=None, trns=None):
+    """A PNG by hand from packed rows (bytes each), for bit depths and colour types Pillow does not write."""
+    import struct
+    import zlib
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
+    out = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, ctype, 0, 0, 0))
+    if plte is not None:
+        out += chunk(b"PLTE", plte)
+    if trns is not None:
+        out += chunk(b"tRNS", trns)
+    return out + chunk(b"IDAT", zlib.compress(b"".join(b"\x00" + r for r in rows), 9)) + chunk(b"IEND", b"")
+
+
+def pack_bits(a, depth):
+    """Rows of small ints (h, w) packed MSB first at depth bits per sample."""
+    per = 8 // depth
+    rows = []
+    for r in a:
+        r = list(r) + [0] * (-len(r) % per)
+        rows.append(bytes(sum(int(v) << (8 - depth * (j + 1)) for j, v in enumerate(r[i:i + per]))
+                          for i in range(0, len(r), per)))
+    return rows
+
+
+def extra_image(rng, w, h, kind):
+    """Formats and sizes beyond the random set: sub-byte grey and palette PNGs, 16-bit LA/RGBA, tRNS on grey/RGB,
+    greyscale/CMYK progressive and EXIF-rotated JPEGs (Pillow's open() ignores the orientation, as LLaVA does), and
+    aspect ratios around 2:1 where Pillow's resize switches to the vertical pass first."""
+    img = content(rng, w, h, "RGB")
+    a = np.array(img)
+    if kind in ("g1", "g2", "g4"):
+        d = int(kind[1])
+        return png_raw(w, h, d, 0, pack_bits(a[..., 0] >> (8 - d), d))
+    if kind in ("p1", "p2", "p4"):
+        d = int(kind[1])
+        n = 1 << d
+        plte = rng.integers(0, 256, 3 * n, dtype=np.uint8).tobytes()
+        return png_raw(w, h, d, 3, pack_bits(a[..., 1] >> (8 - d), d), plte=plte)
+    if kind == "p8_alpha":
+        plte = rng.integers(0, 256, 3 * 256, dtype=np.uint8).tobytes()
+        trns = rng.integers(0, 256, 200, dtype=np.uint8).tobytes()
+        return png_raw(w, h, 8, 3, [r.tobytes() for r in a[..., 2]], plte=plte, trns=trns)
+    if kind == "g8_trns":
+        return png_raw(w, h, 8, 0, [r.tobytes() for r in a[..., 0]], trns=b"\x00\x80")
+    if kind == "rgb_trns":
+        return png_raw(w, h, 8, 2, [r.tobytes() for r in a], trns=b"\x00\x10\x00\x20\x00\x30")
+    if kind in ("la16", "rgba16"):
+        ch = 2 if kind == "la16" else 4
+        b = np.concatenate([a, a[..., :1]], -1)[..., :ch] if ch == 4 else a[..., :2]
+        v = b.astype(np.uint16) * 257 ^ rng.integers(0, 256, b.shape, dtype=np.uint16)
+        return png_raw(w, h, 16, 4 if ch == 2 else 6, [r.astype(">u2").tobytes() for r in v])
+    if kind == "g16_small":  # 16-bit grey that stays below 256 (no clipping)
+        v = (a[..., 0].astype(np.uint16) // 2)
+        return png_raw(w, h, 16, 0, [r.astype(">u2").tobytes() for r in v])
+    b = io.BytesIO()
+    if kind == "jpg_L_prog":
+        img.convert("L").save(b, "JPEG", quality=88, progressive=True)
+    elif kind == "jpg_CMYK_prog":
+        img.convert("CMYK").save(b, "JPEG", quality=90, progressive=True)
+    elif kind == "jpg_exif":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: rotate 90
+        img.save(b, "JPEG", quality=90, exif=exif)
+    elif kind == "jpg_opt":
+        img.save(b, "JPEG", quality=75, optimize=True, subsampling=2)
+    elif kind == "jpg_q100":
+        img.save(b, "JPEG", quality=100, subsampling=0)
+    elif kind == "png_RGB":
+        img.save(b, "PNG")
+    else:
+        raise ValueError(kind)
+    return b.getvalue()
+
+
+EXTRA = ([(w, h, k) for (w, h), k in zip([(37, 29), (64, 33), (17, 70), (90, 48), (29, 41), (55, 80)],
+                                          ["g1", "g2", "g4", "p1", "p2", "p4"])] +
+         [(73, 51, "p8_alpha"), (44, 66, "g8_trns"), (66, 44, "rgb_trns"), (58, 47, "la16"), (47, 58, "rgba16"),
+          (39, 52, "g16_small"), (96, 64, "jpg_L_prog"), (64, 96, "jpg_CMYK_prog"), (120, 80, "jpg_exif"),
+          (81, 121, "jpg_opt"), (45, 45, "jpg_q100")] +
+         # tall images around 2:1 and beyond: vertical pass first iff 2 * (w - out_w) < h - out_h
+         [(w, h, "png_RGB") for w, h in [(64, 128), (64, 129), (64, 127), (50, 100), (50, 101), (49, 99), (97, 195),
+                                         (96, 191), (40, 300), (33, 250), (100, 150), (120, 260)]] +
+         [(w, h, "jpg_opt") for w, h in [(60, 121), (121, 60), (75, 160), (160, 75)]])
+
 
 def main():
     rng = np.random.default_rng(1234)
@@ -150,15 +238,24 @@ def main():
     manifest = []
     procs = {}
     maxerr = 0.0
+    items = []  # (file name, bytes, [(size, pad)])
     for i, (w, h, mode, kind) in enumerate(cases):
         img = content(rng, w, h, mode)
         data = interlaced_png(img) if kind == "png_i" else encode(img, kind, rng)
         ext = "png" if data[:4] == b"\x89PNG" else "jpg"
-        name = f"img{i:03d}_{kind}_{mode}_{w}x{h}.{ext}"
+        variants = [big[i]] if i in big else [(32, 0), (48, 1)] if i % 2 == 0 else [(48, 0), (32, 1)]
+        items.append((f"img{i:03d}_{kind}_{mode}_{w}x{h}.{ext}", data, variants))
+    rng2 = np.random.default_rng(4321)  # a stream of its own: adding extras leaves the cases above unchanged
+    for j, (w, h, kind) in enumerate(EXTRA):
+        data = extra_image(rng2, w, h, kind)
+        ext = "png" if data[:4] == b"\x89PNG" else "jpg"
+        i = len(cases) + j
+        variants = [(32, 0), (48, 0), (32, 1)] if kind == "png_RGB" else [(32, 0), (48, 1)] if i % 2 == 0 else [(48, 0), (32, 1)]
+        items.append((f"img{i:03d}_{kind}_{w}x{h}.{ext}", data, variants))
+    for name, data, variants in items:
         with open(os.path.join(OUT, name), "wb") as f:
             f.write(data)
         rgb = Image.open(io.BytesIO(data)).convert("RGB")
-        variants = [big[i]] if i in big else [(32, 0), (48, 1)] if i % 2 == 0 else [(48, 0), (32, 1)]
         for size, pad in variants:
             x = expand2square(rgb, tuple(int(m * 255) for m in MEAN)) if pad else rgb
             u8 = u8_stage(x, size)
@@ -180,7 +277,7 @@ def main():
     with open(os.path.join(OUT, "manifest.txt"), "w") as f:
         f.write("\n".join(manifest) + "\n")
     total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
-    print(f"{len(cases)} images, {len(manifest)} cases, {total} bytes, max |processor - normalised u8| = {maxerr:.3g}")
+    print(f"{len(items)} images, {len(manifest)} cases, {total} bytes, max |processor - normalised u8| = {maxerr:.3g}")
 
 
 if __name__ == "__main__":

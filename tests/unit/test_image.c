@@ -32,14 +32,16 @@ static void test_fixtures(void) {
     FILE *m = fopen(FIX "manifest.txt", "r");
     CHECK(m != NULL);
     if (!m) return;
-    char name[256], out[300], path[400], err[512];
-    int size, pad, ncases = 0, nexact = 0, maxdiff_all = 0;
+    char name[256], prev[256] = "", out[300], path[400], err[512];
+    int size, pad, ncases = 0, nimages = 0, nexact = 0, maxdiff_all = 0;
     long ndiff_all = 0;
     double maxferr = 0;
     static const float STD[3] = {0.26862954f, 0.26130258f, 0.27577711f};
     static const float MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f};
     while (fscanf(m, "%255s %d %d %299s", name, &size, &pad, out) == 4) {
         image_t img;
+        if (strcmp(name, prev) != 0) nimages++;
+        snprintf(prev, sizeof prev, "%s", name);
         snprintf(path, sizeof path, FIX "%s", name);
         int rc = image_load_file(path, 0, &img, err, sizeof err);
         CHECKF(rc == 0, "%s: %s", name, err);
@@ -83,13 +85,13 @@ static void test_fixtures(void) {
         image_free(&img);
     }
     fclose(m);
-    CHECK(ncases >= 200);
+    CHECK(ncases >= 200 && nimages >= 100);
     /* normalised values within 1/255/std of the processor's (the fixtures' u8 normalised in double) */
     CHECKF(maxferr <= 1.0 + 1e-3, "normalised values off by %.4g/255/std", maxferr);
     /* Pillow's resampler is reproduced bit for bit (pass order included): any difference is a regression. */
     CHECKF(nexact == ncases, "only %d of %d cases bit-exact", nexact, ncases);
-    printf("image fixtures: %d cases, %d bit-exact, max uint8 diff %d, %ld differing values, max float err %.3g/255*std\n",
-           ncases, nexact, maxdiff_all, ndiff_all, maxferr);
+    printf("image fixtures: %d images, %d cases, %d bit-exact, max uint8 diff %d, %ld differing values, max float err %.3g/255*std\n",
+           nimages, ncases, nexact, maxdiff_all, ndiff_all, maxferr);
 }
 
 static void expect_fail(const uint8_t *buf, size_t len, size_t maxpix, int want, const char *what) {
