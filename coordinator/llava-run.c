@@ -17,6 +17,7 @@
 #include "common/err.h"
 #include "common/wire.h"
 #include "coordinator/client.h"
+#include "coordinator/state.h"
 #include "common/dataset.h"
 #include "common/tokenizer.h"
 #include "coordinator/submit.h"
@@ -172,8 +173,29 @@ static int read_endpoint(const char *epfile, pid_t coord, char *ep, size_t len) 
     return -1;
 }
 
+/* The coordinator (our child) exits by itself once the last job ends (--exit-when-idle), possibly before our next
+ * status request: then the job's final state is read from the state directory it left. Returns a status reply
+ * {"job": {...}} (caller deletes) or NULL if the coordinator is still running or the job is not recorded. */
+static cJSON *final_status_if_exited(pid_t coord, int *coord_status, int *coord_reaped, const char *state_path,
+                                     uint64_t job) {
+    if (!*coord_reaped) {
+        if (waitpid(coord, coord_status, WNOHANG) != coord) return NULL;
+        *coord_reaped = 1;
+    }
+    state_t *s = NULL;
+    cJSON *j = NULL, *st = NULL;
+    if (state_open(state_path, &s) == 0 && state_job_get(s, job, &j) == 0) {
+        st = cJSON_CreateObject();
+        if (st) cJSON_AddItemToObject(st, "job", j);
+        else cJSON_Delete(j);
+    }
+    state_close(&s);
+    return st;
+}
+
 /* Watches one job to its end. Returns 0 if it finished "done". */
-static int watch_job(client_t *cl, uint64_t job, int quiet) {
+static int watch_job(client_t *cl, uint64_t job, int quiet, pid_t coord, int *coord_status, int *coord_reaped,
+                     const char *state_path) {
     int tty = isatty(1) && !quiet;
     int64_t last_step = -1;
     int misses = 0;
@@ -181,10 +203,21 @@ static int watch_job(client_t *cl, uint64_t job, int quiet) {
         cJSON *body = cJSON_CreateObject(), *st = NULL;
         cJSON_AddNumberToObject(body, "job", (double)job);
         char err[512];
-        if (client_request(cl, MSG_STATUS, 0, body, 10000, &st, err, sizeof err)) {
-            if (++misses < 6) continue; /* a busy coordinator answers late; the late reply is dropped by its id */
-            fprintf(stderr, "\nllava-run: %s (6 times in a row)\n", err);
-            return 1;
+        int exited = *coord_reaped || waitpid(coord, coord_status, WNOHANG) == coord;
+        if (exited) *coord_reaped = 1;
+        if (exited || client_request(cl, MSG_STATUS, 0, body, exited ? 0 : 1000, &st, err, sizeof err)) {
+            if (exited) cJSON_Delete(body);
+            st = final_status_if_exited(coord, coord_status, coord_reaped, state_path, job);
+            if (!st && *coord_reaped) {
+                fprintf(stderr, "\nllava-run: the coordinator exited (status %d) and job %llu is not in %s\n",
+                        *coord_status, (unsigned long long)job, state_path);
+                return 1;
+            }
+            if (!st) {
+                if (++misses < 60) continue; /* a busy coordinator answers late; the late reply is dropped by its id */
+                fprintf(stderr, "\nllava-run: %s (for a minute)\n", err);
+                return 1;
+            }
         }
         misses = 0;
         const cJSON *j = cJSON_GetObjectItemCaseSensitive(st, "job");
@@ -282,6 +315,7 @@ int main(int argc, char **argv) {
     int code = client_open(ep, &cl) ? 1 : 0;
     uint64_t after = 0;
     uint64_t ids[64];
+    int status = 0, reaped = 0;
     int n = cJSON_GetArraySize(stages);
     for (int i = 0; i < n && i < 64 && !code; i++) {
         cJSON *req = cJSON_CreateObject(), *reply = NULL;
@@ -300,12 +334,11 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n && i < 64 && !code; i++) {
         if (!quiet) printf("== stage %d/%d: %s (job %llu)\n", i + 1, n,
                            wire_get_str(cJSON_GetArrayItem(stages, i), "name", "?"), (unsigned long long)ids[i]);
-        code = watch_job(cl, ids[i], quiet);
+        code = watch_job(cl, ids[i], quiet, coord, &status, &reaped, state);
     }
     client_close(&cl);
-    if (g_stop || code) kill(coord, SIGTERM);
-    int status = 0;
-    waitpid(coord, &status, 0);
+    if (!reaped && (g_stop || code)) kill(coord, SIGTERM);
+    if (!reaped) waitpid(coord, &status, 0);
     if (!code && !g_stop && !no_eval && strcmp(backend, "sim") != 0) code = run_evals(stages, (int)cores, quiet);
     cJSON_Delete(stages);
     if (g_stop) {
