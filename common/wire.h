@@ -31,6 +31,7 @@ typedef enum {
     MSG_APPLIED,       /* {ms}: optimizer step applied */
     MSG_CKPT_DONE,     /* {dir} */
     MSG_FAILED,        /* {error}: the worker cannot continue this job */
+    MSG_STATE_LOADED,  /* {error?}: a joining worker holds the training state of `step` (or could not get it) */
     /* coordinator -> worker */
     MSG_WELCOME = 32,  /* {worker_id, heartbeat_ms} */
     MSG_JOB,           /* {spec, ...}: load the model for this job */
@@ -43,6 +44,8 @@ typedef enum {
     MSG_RELEASE,       /* {}: job over; unload and wait for the next */
     MSG_SHUTDOWN,      /* {}: exit */
     MSG_PEERS,         /* {peers[]}: every member bound its endpoint for this generation; connect the ring */
+    MSG_STATE_SEND,    /* {endpoint}: push the training state (after APPLY of step-1) to a joining worker */
+    MSG_STATE_RECV,    /* {}: receive the training state of `step` on the endpoint reported in READY */
     /* llavactl <-> coordinator */
     MSG_SUBMIT = 64,   /* {spec} -> MSG_REPLY {job} */
     MSG_STATUS,        /* {job?} -> MSG_REPLY {...} */

@@ -24,6 +24,12 @@ double coord_now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+double coord_wall(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 /* ---- sending ---- */
 
 int coord_send(coord_t *c, worker_t *w, const wire_msg_t *m) {
@@ -80,6 +86,7 @@ void coord_worker_dead(coord_t *c, worker_t *w, const char *why) {
     w->state = W_DEAD;
     snprintf(w->dead_reason, sizeof w->dead_reason, "%s", why);
     w->died_at = coord_now();
+    w->died_wall = coord_wall();
     LOG_W("worker %d (%s pid %d, %s) declared dead: %s", w->id, w->host, w->pid, w->device, why);
     if (w->spawned_pid > 0 && w->pid == w->spawned_pid) kill(w->spawned_pid, SIGKILL); /* fence: no comeback */
     if (c->job) jobrun_worker_lost(c, w);
@@ -257,8 +264,21 @@ static void on_message(coord_t *c) {
 
 /* ---- liveness ---- */
 
+static void probe_workers(coord_t *c) {
+    for (int i = 0; i < c->nw; i++) {
+        worker_t *w = &c->w[i];
+        if (w->state == W_DEAD) continue;
+        wire_msg_t p;
+        if (wire_msg_init(&p, MSG_HEARTBEAT, 0, 0, -1)) return;
+        coord_send(c, w, &p); /* declares it dead if unroutable */
+        wire_msg_clear(&p);
+    }
+}
+
 /* A peer disconnected (a worker crashed, or a client left). ROUTER removes a disconnected peer's identity, so a
- * probe to each live worker finds the dead one at once. */
+ * probe to each live worker finds the dead one. The event comes from ZeroMQ's I/O thread, sometimes before the
+ * socket has dropped the peer's pipe (the probe is then queued, not refused), so probes repeat every 50 ms for a
+ * second; without that a kill was sometimes found only by the heartbeat timeout (bench/bench_recovery --external). */
 static void on_monitor(coord_t *c) {
     zmq_msg_t ev;
     zmq_msg_init(&ev);
@@ -273,14 +293,9 @@ static void on_monitor(coord_t *c) {
     if (zmq_msg_recv(&ev, c->mon, ZMQ_DONTWAIT) >= 0) zmq_msg_close(&ev); /* the endpoint frame */
     else zmq_msg_close(&ev);
     if (event != ZMQ_EVENT_DISCONNECTED) return;
-    for (int i = 0; i < c->nw; i++) {
-        worker_t *w = &c->w[i];
-        if (w->state == W_DEAD) continue;
-        wire_msg_t p;
-        if (wire_msg_init(&p, MSG_HEARTBEAT, 0, 0, -1)) return;
-        coord_send(c, w, &p); /* declares it dead if unroutable */
-        wire_msg_clear(&p);
-    }
+    probe_workers(c);
+    c->probe_until = coord_now() + 1.0;
+    c->next_probe = coord_now() + 0.05;
 }
 
 static void check_timeouts(coord_t *c) {
@@ -358,6 +373,7 @@ int coord_run(coord_t *c, volatile sig_atomic_t *stop) {
         int wait_ms = (int)((next_tick - now) * 1000.0);
         if (wait_ms < 0) wait_ms = 0;
         if (c->cfg.spawn_workers > 0 && wait_ms > 50) wait_ms = 50; /* SIGCHLD interrupts poll; bound it anyway */
+        if (c->probe_until > now && wait_ms > 50) wait_ms = 50;
         zmq_pollitem_t items[2] = {{c->sock, 0, ZMQ_POLLIN, 0}, {c->mon, 0, ZMQ_POLLIN, 0}};
         int n = zmq_poll(items, 2, wait_ms);
         if (n < 0 && zmq_errno() != EINTR) {
@@ -374,6 +390,10 @@ int coord_run(coord_t *c, volatile sig_atomic_t *stop) {
             }
         if (n > 0 && (items[1].revents & ZMQ_POLLIN)) on_monitor(c);
         now = coord_now();
+        if (c->probe_until > now && now >= c->next_probe) {
+            probe_workers(c);
+            c->next_probe = now + 0.05;
+        }
         if (now >= next_tick) {
             check_timeouts(c);
             coord_schedule(c);
@@ -393,6 +413,9 @@ void coord_free(coord_t **pc) {
     coord_t *c = *pc;
     c->stopping = 1;
     if (c->job) jobrun_free(c);
+    /* Stop the monitor while its reader is open: an event for a closed reader blocks ZeroMQ's I/O thread for good,
+     * holding the lock zmq_socket_monitor needs (workers that exit on SHUTDOWN below would trigger it). */
+    if (c->sock) zmq_socket_monitor(c->sock, NULL, 0);
     if (c->sock) {
         for (int i = 0; i < c->nw; i++) {
             if (c->w[i].state == W_DEAD) continue;
@@ -417,10 +440,7 @@ void coord_free(coord_t **pc) {
         waitpid(c->spawned[i], NULL, 0);
     }
     if (c->mon) zmq_close(c->mon);
-    if (c->sock) {
-        zmq_socket_monitor(c->sock, NULL, 0);
-        zmq_close(c->sock);
-    }
+    if (c->sock) zmq_close(c->sock);
     if (c->zctx) zmq_ctx_term(c->zctx);
     state_close(&c->st);
     free(c->w);

@@ -28,6 +28,7 @@ typedef struct {
     pid_t spawned_pid; /* > 0 when this coordinator forked it */
     int state;
     double last_seen, last_progress_at, died_at;
+    double died_wall;  /* wall clock (Unix seconds) when declared dead, for tools that time failures */
     int64_t progress;
     int rank;          /* in the running job's generation; -1 if none */
     char endpoint[128];
@@ -85,6 +86,11 @@ typedef struct {
     int ckpt_pending;
     int64_t last_ckpt_step;
     int64_t recoveries;
+    /* a replacement joining at the next step boundary (-1: none): loading, then admitted with a member's state */
+    int joiner, joiner_loaded, join_pending, donor;
+    char joiner_ep[256];
+    double join_at;
+    int64_t joins;
 } jobrun_t;
 
 struct coord {
@@ -101,11 +107,14 @@ struct coord {
     int stopping;
     int last_job_failed;
     double idle_since;
+    double probe_until, next_probe; /* probing again after a disconnect (see on_monitor) */
     uint64_t messages;
     int64_t jobs_seen; /* jobs submitted to or resumed by this process (exit_when_idle waits for one) */
 };
 
 double coord_now(void);
+/** Wall-clock Unix time in seconds (fractional): for timestamps other processes compare (ledger, status). */
+double coord_wall(void);
 int coord_send(coord_t *c, worker_t *w, const wire_msg_t *m);
 void coord_worker_dead(coord_t *c, worker_t *w, const char *why);
 const char *coord_worker_state_name(int s);

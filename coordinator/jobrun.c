@@ -213,6 +213,91 @@ static void begin_reduce(coord_t *c) {
     }
 }
 
+/* ---- replacements joining the running job ---- */
+
+/* An idle worker (a local replacement, or one that registered late) loads the job while steps go on; it is
+ * admitted at the next step boundary (admit_joiner). The resume checkpoint only gives it the frozen weights: the
+ * training state comes from a live member. */
+static void try_join(coord_t *c) {
+    jobrun_t *j = c->job;
+    if (j->joiner >= 0 || j->join_pending >= 0 || j->nmembers == 0 || j->nmembers >= j->want_workers ||
+        (j->phase != P_COMPUTE && j->phase != P_REDUCE))
+        return;
+    worker_t *w = NULL;
+    for (int i = 0; i < c->nw && !w; i++)
+        if (c->w[i].state == W_IDLE) w = &c->w[i];
+    if (!w) return;
+    char resume[1100] = "";
+    int64_t ck = read_latest_checkpoint(j->run_dir, resume, sizeof resume);
+    cJSON *b = cJSON_CreateObject();
+    cJSON_AddItemToObject(b, "spec", cJSON_Duplicate(j->spec, 1));
+    if (ck > 0) cJSON_AddStringToObject(b, "resume", resume);
+    else cJSON_AddNullToObject(b, "resume");
+    cJSON_AddNumberToObject(b, "start_step", (double)ck);
+    cJSON_AddNumberToObject(b, "hang_timeout_ms", c->hang_timeout_ms);
+    cJSON_AddBoolToObject(b, "join", 1);
+    j->joiner = w->id;
+    j->joiner_loaded = 0;
+    w->state = W_LOADING;
+    w->inflight = 0;
+    w->rank = -1;
+    LOG_I("job %llu step %lld: worker %d (%s pid %d) loads the job to join at a step boundary",
+          (unsigned long long)j->id, (long long)j->step, w->id, w->host, w->pid);
+    send_simple(c, w, MSG_JOB, b);
+}
+
+/* The joiner stops loading without joining (it failed, or the job ends): back to idle, unless it is dead. */
+static void drop_joiner(coord_t *c, const char *why) {
+    jobrun_t *j = c->job;
+    if (j->joiner < 0) return;
+    worker_t *w = &c->w[j->joiner];
+    j->joiner = -1;
+    j->joiner_loaded = 0;
+    if (w->state == W_DEAD) return;
+    LOG_W("job %llu: worker %d does not join: %s", (unsigned long long)j->id, w->id, why);
+    send_simple(c, w, MSG_RELEASE, NULL);
+    w->state = W_IDLE;
+}
+
+/* At a step boundary (APPLY of step-1 sent, step not started): a member sends its training state to the loaded
+ * joiner, which becomes a member of the next generation. Its micro-batches of the step queue behind the state in
+ * its pipe, and the ring (hence REDUCE) waits for its endpoint, so it computes nothing with old weights. */
+static void admit_joiner(coord_t *c) {
+    jobrun_t *j = c->job;
+    worker_t *w = &c->w[j->joiner], *donor = member(c, 0);
+    cJSON *b = cJSON_CreateObject();
+    cJSON_AddStringToObject(b, "endpoint", j->joiner_ep);
+    send_simple(c, donor, MSG_STATE_SEND, b);
+    j->joiner = -1;
+    j->joiner_loaded = 0;
+    if (donor->state == W_DEAD || w->state == W_DEAD) return; /* a send found one gone; the other stays idle */
+    j->join_pending = w->id;
+    j->donor = donor->id;
+    j->join_at = coord_now();
+    j->members[j->nmembers++] = w->id;
+    w->state = W_READY;
+    send_simple(c, w, MSG_STATE_RECV, NULL);
+    LOG_I("job %llu step %lld: worker %d joins with the training state of worker %d", (unsigned long long)j->id,
+          (long long)j->step, w->id, donor->id);
+    new_generation(c);
+}
+
+static void on_state_loaded(coord_t *c, worker_t *w, const wire_msg_t *m) {
+    jobrun_t *j = c->job;
+    if (j->join_pending != w->id) return;
+    j->join_pending = -1;
+    const char *error = wire_get_str(m->body, "error", NULL);
+    if (error) {
+        char why[600];
+        snprintf(why, sizeof why, "could not join: %s", error);
+        coord_worker_dead(c, w, why);
+        return;
+    }
+    j->joins++;
+    LOG_I("job %llu step %lld: worker %d joined (state received in %.0f ms)", (unsigned long long)j->id,
+          (long long)m->step, w->id, (coord_now() - j->join_at) * 1000.0);
+}
+
 static void send_checkpoint(coord_t *c, int final) {
     jobrun_t *j = c->job;
     if (j->nmembers == 0) return;
@@ -273,7 +358,7 @@ static void commit_step(coord_t *c) {
     cJSON_AddNumberToObject(e, "grad_norm", j->grad_norm);
     cJSON_AddNumberToObject(e, "lr", j->step_lr);
     cJSON_AddNumberToObject(e, "workers", j->nmembers);
-    cJSON_AddNumberToObject(e, "committed_at", (double)time(NULL));
+    cJSON_AddNumberToObject(e, "committed_at", coord_wall());
     int rc = state_ledger_commit(c->st, j->id, j->step, e);
     cJSON_Delete(e);
     if (rc) {
@@ -313,7 +398,10 @@ static void commit_step(coord_t *c) {
     int final = j->step >= j->total_steps;
     if (final || (j->ckpt_every > 0 && j->step % j->ckpt_every == 0)) send_checkpoint(c, final);
     if (final) j->phase = P_FINAL_CKPT;
-    else start_step(c);
+    else {
+        if (j->joiner_loaded) admit_joiner(c);
+        start_step(c);
+    }
 }
 
 /* ---- starting ---- */
@@ -377,6 +465,7 @@ int jobrun_start(coord_t *c, uint64_t id) {
     c->job = j;
     j->id = id;
     j->plan_epoch = -1;
+    j->joiner = j->join_pending = j->donor = -1;
     RC_CHECK_GOTO(state_job_get(c->st, id, &j->rec));
     j->spec = cJSON_GetObjectItemCaseSensitive(j->rec, "spec");
     CHECK_GOTO(cJSON_IsObject(j->spec), LLAVA_EFORMAT, "job %llu has no spec", (unsigned long long)id);
@@ -526,8 +615,32 @@ static void on_ckpt_done(coord_t *c, worker_t *w, const wire_msg_t *m) {
     if (j->phase == P_FINAL_CKPT) jobrun_finish(c, JOB_DONE, NULL);
 }
 
+static void on_joiner_msg(coord_t *c, worker_t *w, const wire_msg_t *m) {
+    jobrun_t *j = c->job;
+    if (m->type == MSG_READY && m->generation == 0 && w->state == W_LOADING) {
+        const char *ep = wire_get_str(m->body, "state_endpoint", "");
+        if (!ep[0] || strlen(ep) >= sizeof j->joiner_ep) {
+            drop_joiner(c, "it reported no state endpoint (an older worker?)");
+            return;
+        }
+        snprintf(j->joiner_ep, sizeof j->joiner_ep, "%s", ep);
+        j->joiner_loaded = 1;
+        w->state = W_READY;
+        LOG_I("job %llu: worker %d loaded; it joins after step %lld commits", (unsigned long long)j->id, w->id,
+              (long long)j->step);
+    } else if (m->type == MSG_FAILED) {
+        char why[600];
+        snprintf(why, sizeof why, "loading failed: %s", wire_get_str(m->body, "error", "?"));
+        drop_joiner(c, why);
+    }
+}
+
 void jobrun_on_msg(coord_t *c, worker_t *w, const wire_msg_t *m) {
     jobrun_t *j = c->job;
+    if (w->id == j->joiner) {
+        on_joiner_msg(c, w, m);
+        return;
+    }
     if (!is_member(j, w)) {
         LOG_D("dropped %s from worker %d: not a member of job %llu", wire_type_name(m->type), w->id,
               (unsigned long long)j->id);
@@ -539,6 +652,7 @@ void jobrun_on_msg(coord_t *c, worker_t *w, const wire_msg_t *m) {
     case MSG_REDUCED: on_reduced(c, w, m); break;
     case MSG_APPLIED: break;
     case MSG_CKPT_DONE: on_ckpt_done(c, w, m); break;
+    case MSG_STATE_LOADED: on_state_loaded(c, w, m); break;
     case MSG_FAILED: {
         char why[600];
         snprintf(why, sizeof why, "worker %d (%s pid %d): %s", w->id, w->host, w->pid,
@@ -555,6 +669,18 @@ void jobrun_on_msg(coord_t *c, worker_t *w, const wire_msg_t *m) {
 
 void jobrun_worker_lost(coord_t *c, worker_t *w) {
     jobrun_t *j = c->job;
+    if (w->id == j->joiner) {
+        j->joiner = -1;
+        j->joiner_loaded = 0;
+        return;
+    }
+    if (w->id == j->join_pending) j->join_pending = -1;
+    if (w->id == j->donor && j->join_pending >= 0) {
+        /* The donor died before the joiner confirmed its state: the joiner may hold nothing usable. */
+        worker_t *jw = &c->w[j->join_pending];
+        j->join_pending = -1;
+        coord_worker_dead(c, jw, "its state donor died before the state arrived");
+    }
     if (!is_member(j, w)) return;
     int r = 0;
     while (j->members[r] != w->id) r++;
@@ -569,6 +695,7 @@ void jobrun_worker_lost(coord_t *c, worker_t *w) {
         j->phase = P_WAIT_WORKERS;
         j->t_wait_start = coord_now();
         j->ckpt_pending = 0;
+        drop_joiner(c, "every member died; the job restarts from its checkpoint");
         return;
     }
     if (j->phase == P_LOADING) {
@@ -615,6 +742,7 @@ void jobrun_tick(coord_t *c) {
     jobrun_t *j = c->job;
     if (j->phase == P_WAIT_WORKERS && start_loading(c) != 0)
         jobrun_finish(c, JOB_FAILED, "cannot start: run directory not writable or out of memory");
+    else if (c->job) try_join(c);
 }
 
 /* ---- end ---- */
@@ -641,6 +769,7 @@ void jobrun_finish(coord_t *c, const char *state, const char *error) {
     cJSON_AddNumberToObject(patch, "steps_done", (double)j->step);
     cJSON_AddNumberToObject(patch, "final_loss", j->last_loss);
     cJSON_AddNumberToObject(patch, "recoveries", (double)j->recoveries);
+    cJSON_AddNumberToObject(patch, "joins", (double)j->joins);
     if (error) cJSON_AddStringToObject(patch, "error", error);
     if (state_job_update(c->st, j->id, patch) != 0) LOG_E("job %llu: cannot record its end", (unsigned long long)j->id);
     cJSON_Delete(patch);
@@ -654,6 +783,7 @@ void jobrun_finish(coord_t *c, const char *state, const char *error) {
     if (error) LOG_E("job %llu '%s' %s: %s", (unsigned long long)j->id, j->name, state, error);
     else LOG_I("job %llu '%s' %s after %lld steps, loss %.6f", (unsigned long long)j->id, j->name, state,
                (long long)j->step, j->last_loss);
+    drop_joiner(c, "the job is over");
     c->last_job_failed = strcmp(state, JOB_DONE) != 0;
     jobrun_free(c);
 }
@@ -672,6 +802,8 @@ cJSON *jobrun_status_json(const coord_t *c) {
     cJSON_AddNumberToObject(o, "loss", j->last_loss);
     cJSON_AddNumberToObject(o, "generation", j->gen);
     cJSON_AddNumberToObject(o, "recoveries", (double)j->recoveries);
+    cJSON_AddNumberToObject(o, "joins", (double)j->joins);
+    cJSON_AddNumberToObject(o, "joining", j->joiner >= 0 ? j->joiner : j->join_pending);
     double sps = el > 0 ? (double)j->samples_run / el : 0, tps = el > 0 ? (double)j->tokens_run / el : 0;
     cJSON_AddNumberToObject(o, "samples_per_s", sps);
     cJSON_AddNumberToObject(o, "tokens_per_s", tps);

@@ -82,6 +82,7 @@ static cJSON *worker_json(const worker_t *w) {
     if (w->state == W_DEAD) {
         cJSON_AddStringToObject(o, "dead_reason", w->dead_reason);
         cJSON_AddNumberToObject(o, "dead_for_s", now - w->died_at);
+        cJSON_AddNumberToObject(o, "died_at", w->died_wall);
     }
     return o;
 }

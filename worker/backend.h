@@ -35,6 +35,12 @@ typedef struct {
                  size_t errlen);
     /** Zeroes the accumulated gradients (a step is redone after a failure elsewhere). */
     void (*zero_grads)(backend_t *b);
+    /** The training state a live worker hands a replacement joining the job: what apply changes (trainable
+     *  weights, optimizer moments and step count) as one malloc'd buffer (*buf, *len; the caller frees). Frozen
+     *  weights are not in it: the newcomer loads them with the job. Valid between steps (gradients zero). */
+    int (*state_export)(backend_t *b, void **buf, size_t *len, char *err, size_t errlen);
+    /** Replaces the training state with one state_export wrote on a worker of the same job. */
+    int (*state_import)(backend_t *b, const void *buf, size_t len, char *err, size_t errlen);
     /** Writes a checkpoint into dir (which exists and is empty); trainer_state is added as trainer_state.json. */
     int (*checkpoint)(backend_t *b, const char *dir, const cJSON *trainer_state, char *err, size_t errlen);
     /** Drops the job's model and data. */

@@ -180,6 +180,18 @@ static int model_apply(backend_t *b, float *g, double scale, double lr, int64_t 
 
 static void model_zero(backend_t *b) { llava_grads_zero(((model_backend_t *)b->impl)->model); }
 
+static int model_state_export(backend_t *b, void **buf, size_t *len, char *err, size_t errlen) {
+    int rc = llava_train_state_export(((model_backend_t *)b->impl)->model, buf, len);
+    if (rc) snprintf(err, errlen, "cannot export the training state: %s", err_str(rc));
+    return rc;
+}
+
+static int model_state_import(backend_t *b, const void *buf, size_t len, char *err, size_t errlen) {
+    int rc = llava_train_state_import(((model_backend_t *)b->impl)->model, buf, len);
+    if (rc) snprintf(err, errlen, "cannot import the training state: %s (see the worker log)", err_str(rc));
+    return rc;
+}
+
 static int model_checkpoint(backend_t *b, const char *dir, const cJSON *trainer_state, char *err, size_t errlen) {
     (void)trainer_state;
     model_backend_t *mb = b->impl;
@@ -203,7 +215,8 @@ static void model_destroy(backend_t *b) {
 
 static const backend_ops_t k_model_ops = {
     .name = "model", .job_load = model_job_load, .run_mb = model_run_mb, .grads = model_grads,
-    .apply = model_apply, .zero_grads = model_zero, .checkpoint = model_checkpoint, .job_release = model_release,
+    .apply = model_apply, .zero_grads = model_zero, .state_export = model_state_export,
+    .state_import = model_state_import, .checkpoint = model_checkpoint, .job_release = model_release,
     .destroy = model_destroy,
 };
 

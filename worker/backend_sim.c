@@ -116,6 +116,30 @@ static int sim_checkpoint(backend_t *b, const char *dir, const cJSON *trainer_st
     return 0;
 }
 
+static int sim_state_export(backend_t *b, void **buf, size_t *len, char *err, size_t errlen) {
+    sim_t *s = b->impl;
+    if (!s->loaded) {
+        snprintf(err, errlen, "no job loaded");
+        return LLAVA_EINVAL;
+    }
+    *buf = malloc(sizeof s->params);
+    if (!*buf) return LLAVA_ENOMEM;
+    memcpy(*buf, s->params, sizeof s->params);
+    *len = sizeof s->params;
+    return 0;
+}
+
+static int sim_state_import(backend_t *b, const void *buf, size_t len, char *err, size_t errlen) {
+    sim_t *s = b->impl;
+    if (!s->loaded || len != sizeof s->params) {
+        snprintf(err, errlen, "state of %zu bytes, expected %zu", len, sizeof s->params);
+        return LLAVA_EFORMAT;
+    }
+    memcpy(s->params, buf, len);
+    memset(s->grads, 0, sizeof s->grads);
+    return 0;
+}
+
 static void sim_release(backend_t *b) { ((sim_t *)b->impl)->loaded = 0; }
 
 static void sim_destroy(backend_t *b) {
@@ -125,7 +149,8 @@ static void sim_destroy(backend_t *b) {
 
 static const backend_ops_t k_sim_ops = {
     .name = "sim", .job_load = sim_job_load, .run_mb = sim_run_mb, .grads = sim_grads, .apply = sim_apply,
-    .zero_grads = sim_zero, .checkpoint = sim_checkpoint, .job_release = sim_release, .destroy = sim_destroy,
+    .zero_grads = sim_zero, .state_export = sim_state_export, .state_import = sim_state_import,
+    .checkpoint = sim_checkpoint, .job_release = sim_release, .destroy = sim_destroy,
 };
 
 int backend_sim_new(int mb_ms, backend_t **out) {

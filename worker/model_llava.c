@@ -720,3 +720,53 @@ cleanup:
     st_file_close(&f);
     return rc;
 }
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* Training state in memory, for a replacement joining a running job (worker_compute.c STATE_SEND/STATE_RECV). */
+
+#define TRAIN_STATE_MAGIC 0x5354564cu /* "LVTS" */
+
+int llava_train_state_export(llava_model_t *m, void **buf, size_t *len) {
+    int rc = 0;
+    CHECK_GOTO(m->grads, LLAVA_EINVAL, "llava_train_state_export: no gradients prepared");
+    RC_CHECK_GOTO(adam_ensure(m));
+    size_t n = arena_bytes(m->grads) / sizeof(float);
+    uint8_t *b = malloc(16 + 3 * n * sizeof(float));
+    ALLOC_CHECK_GOTO(b);
+    uint32_t hdr[2] = {TRAIN_STATE_MAGIC, (uint32_t)m->adam_t};
+    uint64_t n64 = n;
+    memcpy(b, hdr, 8);
+    memcpy(b + 8, &n64, 8);
+    float *f = (float *)(void *)(b + 16);
+    memcpy(f, arena_data(m->params), n * sizeof(float));
+    memcpy(f + n, arena_data(m->adam_m), n * sizeof(float));
+    memcpy(f + 2 * n, arena_data(m->adam_v), n * sizeof(float));
+    *buf = b;
+    *len = 16 + 3 * n * sizeof(float);
+cleanup:
+    return rc;
+}
+
+int llava_train_state_import(llava_model_t *m, const void *buf, size_t len) {
+    int rc = 0;
+    CHECK_GOTO(m->grads, LLAVA_EINVAL, "llava_train_state_import: no gradients prepared");
+    RC_CHECK_GOTO(adam_ensure(m));
+    size_t n = arena_bytes(m->grads) / sizeof(float);
+    uint32_t hdr[2] = {0, 0};
+    uint64_t n64 = 0;
+    if (len >= 16) {
+        memcpy(hdr, buf, 8);
+        memcpy(&n64, (const uint8_t *)buf + 8, 8);
+    }
+    CHECK_GOTO(len == 16 + 3 * n * sizeof(float) && hdr[0] == TRAIN_STATE_MAGIC && n64 == n, LLAVA_EFORMAT,
+               "training state of %zu bytes (%llu floats) does not fit this model (%zu trainable floats)", len,
+               (unsigned long long)n64, n);
+    const float *f = (const float *)(const void *)((const uint8_t *)buf + 16);
+    memcpy(arena_data(m->params), f, n * sizeof(float));
+    memcpy(arena_data(m->adam_m), f + n, n * sizeof(float));
+    memcpy(arena_data(m->adam_v), f + 2 * n, n * sizeof(float));
+    m->adam_t = (int)hdr[1];
+    llava_grads_zero(m);
+cleanup:
+    return rc;
+}

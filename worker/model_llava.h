@@ -119,6 +119,14 @@ int llava_optim_save(const llava_model_t *m, const char *path);
  *  first). Every tensor must be present with the gradient's shape. Returns 0, LLAVA_EIO, LLAVA_EFORMAT,
  *  LLAVA_ENOTFOUND or LLAVA_ESHAPE (logged with the tensor name). */
 int llava_optim_load(llava_model_t *m, const char *path);
+/** The training state one worker hands another joining the same job: the trainable parameters (the front of the
+ *  parameter arena, the gradient arena's layout), the AdamW moments and step count, in one malloc'd buffer
+ *  (*buf, *len; the caller frees): a 16-byte header ("LVTS", step count, float count) then the floats. Prepare
+ *  the gradients first. Returns 0, LLAVA_EINVAL (no gradients) or LLAVA_ENOMEM. */
+int llava_train_state_export(llava_model_t *m, void **buf, size_t *len);
+/** Replaces the trainable parameters and AdamW state with a buffer llava_train_state_export wrote for the same
+ *  model and training mode. Returns 0, LLAVA_EINVAL (no gradients) or LLAVA_EFORMAT (another layout; logged). */
+int llava_train_state_import(llava_model_t *m, const void *buf, size_t len);
 /** Contiguous gradient floats (including alignment padding, always zero) and their count. NULL before a backward. */
 float *llava_grads_data(llava_model_t *m, size_t *n);
 

@@ -36,6 +36,7 @@ typedef struct {
     double scale, lr;
     int hang_timeout_ms;
     int64_t fence_at_gen;
+    void *state_sock; /* a joining worker's PULL endpoint for the training state */
 } compute_t;
 
 static void reply(compute_t *k, int type, int64_t step, cJSON *body) {
@@ -59,7 +60,13 @@ static int aborted(void *ud) {
     return atomic_load(&k->x->fence) != k->fence_at_gen || atomic_load(&k->x->quit);
 }
 
+static void close_state_sock(compute_t *k) {
+    if (k->state_sock) zmq_close(k->state_sock);
+    k->state_sock = NULL;
+}
+
 static void release(compute_t *k) {
+    close_state_sock(k);
     comm_destroy(&k->comm);
     if (k->job) k->x->backend->ops->job_release(k->x->backend);
     free(k->rbuf);
@@ -68,6 +75,8 @@ static void release(compute_t *k) {
     k->job = 0;
     k->reduced = 0;
 }
+
+static int bind_state_sock(compute_t *k, char *ep, size_t eplen);
 
 static void on_job(compute_t *k, const wire_msg_t *m) {
     release(k);
@@ -88,8 +97,128 @@ static void on_job(compute_t *k, const wire_msg_t *m) {
         fail(k, -1, "loading the job", "out of memory for the all-reduce buffer");
         return;
     }
-    reply(k, MSG_READY, -1, NULL); /* generation 0: loaded */
+    cJSON *b = cJSON_CreateObject();
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m->body, "join"))) {
+        /* A replacement joining a running job: the training state comes from a live member (STATE_RECV). */
+        char ep[300];
+        rc = bind_state_sock(k, ep, sizeof ep);
+        if (rc) {
+            cJSON_Delete(b);
+            fail(k, -1, "binding the state endpoint", err_str(rc));
+            return;
+        }
+        cJSON_AddStringToObject(b, "state_endpoint", ep);
+    }
+    reply(k, MSG_READY, -1, b); /* generation 0: loaded */
     atomic_fetch_add(&k->x->progress, 1);
+}
+
+/* ---- a replacement joining a running job: state from a live member ---- */
+
+static int bind_state_sock(compute_t *k, char *ep, size_t eplen) {
+    close_state_sock(k);
+    char addr[300];
+    snprintf(addr, sizeof addr, "tcp://%s:*", k->x->cfg.bind_host);
+    k->state_sock = zmq_socket(k->x->zctx, ZMQ_PULL);
+    if (!k->state_sock) return LLAVA_ENET;
+    int zero = 0;
+    size_t len = eplen;
+    if (zmq_setsockopt(k->state_sock, ZMQ_LINGER, &zero, sizeof zero) != 0 || zmq_bind(k->state_sock, addr) != 0 ||
+        zmq_getsockopt(k->state_sock, ZMQ_LAST_ENDPOINT, ep, &len) != 0) {
+        LOG_E("cannot bind the state endpoint %s: %s", addr, zmq_strerror(zmq_errno()));
+        close_state_sock(k);
+        return LLAVA_ENET;
+    }
+    return 0;
+}
+
+/* Donor: after APPLY of step-1 (the pipe keeps the order), push {job, step, bytes} and the state to a joiner. A
+ * failure is only logged: the joiner times out and the coordinator fences it. */
+static void on_state_send(compute_t *k, const wire_msg_t *m) {
+    const char *ep = wire_get_str(m->body, "endpoint", "");
+    void *buf = NULL, *s = NULL;
+    size_t len = 0;
+    char err[512] = "", hdr[160];
+    int rc = k->x->backend->ops->state_export(k->x->backend, &buf, &len, err, sizeof err);
+    if (rc) goto cleanup;
+    snprintf(hdr, sizeof hdr, "{\"job\":%llu,\"step\":%lld,\"bytes\":%zu}", (unsigned long long)k->job,
+             (long long)m->step, len);
+    s = zmq_socket(k->x->zctx, ZMQ_PUSH);
+    int linger = 2 * k->hang_timeout_ms; /* close returns at once; ZeroMQ keeps delivering this long */
+    rc = LLAVA_ENET;
+    if (!s || zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
+        zmq_setsockopt(s, ZMQ_SNDTIMEO, &linger, sizeof linger) != 0 || zmq_connect(s, ep) != 0 ||
+        zmq_send(s, hdr, strlen(hdr), ZMQ_SNDMORE) < 0 || zmq_send(s, buf, len, 0) < 0) {
+        snprintf(err, sizeof err, "%s: %s", ep, zmq_strerror(zmq_errno()));
+        goto cleanup;
+    }
+    rc = 0;
+    LOG_I("step %lld: sent the training state (%zu bytes) to a joining worker at %s", (long long)m->step, len, ep);
+cleanup:
+    if (rc) LOG_W("step %lld: cannot send the training state to a joining worker: %s", (long long)m->step,
+                  err[0] ? err : err_str(rc));
+    if (s) zmq_close(s);
+    free(buf);
+    atomic_fetch_add(&k->x->progress, 1);
+}
+
+/* Receives the state frames on the joiner's endpoint, waiting up to 2 x hang_timeout_ms. */
+static int recv_state(compute_t *k, int64_t step, zmq_msg_t *blob, char *err, size_t errlen) {
+    zmq_msg_t h;
+    zmq_msg_init(&h);
+    int rc = LLAVA_ETIMEOUT;
+    snprintf(err, errlen, "no training state from the donor within %d ms", 2 * k->hang_timeout_ms);
+    for (int waited = 0; waited < 2 * k->hang_timeout_ms && !atomic_load(&k->x->quit); waited += 100) {
+        zmq_pollitem_t it = {k->state_sock, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, 100) <= 0) continue;
+        int more = 0;
+        size_t ml = sizeof more;
+        if (zmq_msg_recv(&h, k->state_sock, 0) < 0 || zmq_getsockopt(k->state_sock, ZMQ_RCVMORE, &more, &ml) != 0 ||
+            !more || zmq_msg_recv(blob, k->state_sock, 0) < 0) {
+            snprintf(err, errlen, "receiving the training state: %s", zmq_strerror(zmq_errno()));
+            rc = LLAVA_ENET;
+            break;
+        }
+        char text[160];
+        size_t n = zmq_msg_size(&h) < sizeof text - 1 ? zmq_msg_size(&h) : sizeof text - 1;
+        memcpy(text, zmq_msg_data(&h), n);
+        text[n] = 0;
+        cJSON *o = cJSON_Parse(text);
+        uint64_t job = (uint64_t)wire_get_i64(o, "job", 0);
+        int64_t st = wire_get_i64(o, "step", -1), bytes = wire_get_i64(o, "bytes", -1);
+        cJSON_Delete(o);
+        rc = 0;
+        if (job != k->job || st != step || bytes != (int64_t)zmq_msg_size(blob)) {
+            snprintf(err, errlen, "the state received is of job %llu step %lld (%lld bytes), expected job %llu step %lld",
+                     (unsigned long long)job, (long long)st, (long long)bytes, (unsigned long long)k->job,
+                     (long long)step);
+            rc = LLAVA_EFORMAT;
+        }
+        break;
+    }
+    zmq_msg_close(&h);
+    return rc;
+}
+
+static void on_state_recv(compute_t *k, const wire_msg_t *m) {
+    char err[512] = "";
+    zmq_msg_t blob;
+    zmq_msg_init(&blob);
+    int rc = k->state_sock ? recv_state(k, m->step, &blob, err, sizeof err) : LLAVA_EINVAL;
+    if (!k->state_sock) snprintf(err, sizeof err, "this worker was not loaded to join (no state endpoint)");
+    if (!rc) rc = k->x->backend->ops->state_import(k->x->backend, zmq_msg_data(&blob), zmq_msg_size(&blob), err,
+                                                   sizeof err);
+    close_state_sock(k);
+    cJSON *b = cJSON_CreateObject();
+    if (rc) {
+        LOG_E("step %lld: joining the job failed: %s", (long long)m->step, err);
+        cJSON_AddStringToObject(b, "error", err);
+    } else {
+        LOG_I("step %lld: training state received (%zu bytes); joined", (long long)m->step, zmq_msg_size(&blob));
+    }
+    zmq_msg_close(&blob);
+    atomic_fetch_add(&k->x->progress, 1);
+    reply(k, MSG_STATE_LOADED, m->step, b);
 }
 
 /* A new membership: a fresh comm for this generation, bound, its endpoint reported; PEERS connects it. */
@@ -394,6 +523,8 @@ void *worker_compute_main(void *arg) {
             if (m.generation == k.gen) on_reduce(&k, &m); /* a REDUCE of an older generation is void */
         } else if (m.type == MSG_APPLY) on_apply(&k, &m);
         else if (m.type == MSG_CKPT) on_ckpt(&k, &m);
+        else if (m.type == MSG_STATE_SEND) on_state_send(&k, &m);
+        else if (m.type == MSG_STATE_RECV) on_state_recv(&k, &m);
         else LOG_W("compute: unexpected %s", wire_type_name(m.type));
         wire_msg_clear(&m);
     }

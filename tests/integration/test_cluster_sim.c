@@ -2,7 +2,8 @@
  * simulated backend, whose loss depends on every earlier update): equal per-step losses for 1, 2 and 3 workers and
  * for another micro-batch budget; every sample exactly once per epoch in the ledger; and the failure promise:
  * kill -9 of a worker mid-step, two workers killed in one step, a worker stopped past the hang timeout and
- * continued, the coordinator killed and restarted, a job stopped and resumed from its checkpoint.
+ * continued, a local replacement joining the running job with a live member's state (and computing after it),
+ * the coordinator killed and restarted, a job stopped and resumed from its checkpoint.
  * Run: ctest -R test_cluster_sim (needs LLAVA_BUILD_DIR, set by ctest). */
 #include <signal.h>
 #include <stdio.h>
@@ -223,6 +224,19 @@ static int member_pids(cluster_t *c, uint64_t job, pid_t *pids, int max) {
     return n;
 }
 
+/* Pids of every worker the coordinator knows (any state), up to max. */
+static int all_pids(cluster_t *c, pid_t *pids, int max) {
+    cJSON *r = NULL;
+    char err[512];
+    int n = 0;
+    if (client_request(c->cl, MSG_WORKERS, 0, NULL, 20000, &r, err, sizeof err)) return 0;
+    const cJSON *w;
+    cJSON_ArrayForEach(w, cJSON_GetObjectItemCaseSensitive(r, "workers")) if (n < max) pids[n++] =
+        (pid_t)wire_get_i64(w, "pid", 0);
+    cJSON_Delete(r);
+    return n;
+}
+
 /* The ledger's per-step losses, and a check that every sample appears exactly once per epoch. */
 static int ledger_losses(cluster_t *c, uint64_t job, double *loss, int *steps) {
     cJSON *b = cJSON_CreateObject(), *r = NULL;
@@ -323,6 +337,34 @@ int main(void) {
         CHECK(n >= 1);
         if (n >= 1) kill(pids[rand() % n], SIGKILL);
         check_run(name, &c, job, 120);
+    }
+
+    /* a replacement joins the running job with a live member's state and computes micro-batches after joining */
+    {
+        job = submit(&c, make_spec("join", 3, 60, 3000));
+        CHECK(wait_step(&c, job, 3, 60) == 0);
+        pid_t known[64];
+        int nknown = all_pids(&c, known, 64);
+        pid_t victims[8];
+        int nv = member_pids(&c, job, victims, 8);
+        CHECK(nv == 3);
+        if (nv >= 1) kill(victims[0], SIGKILL);
+        check_run("replacement joins the running job", &c, job, 120);
+        cJSON *st = status(&c, job);
+        int64_t joins = wire_get_i64(cJSON_GetObjectItemCaseSensitive(st, "job"), "joins", -1);
+        CHECKF(joins >= 1, "join: the job record counts %lld joins, expected at least 1", (long long)joins);
+        int newcomer_mbs = 0;
+        const cJSON *w;
+        cJSON_ArrayForEach(w, cJSON_GetObjectItemCaseSensitive(st, "workers")) {
+            pid_t pid = (pid_t)wire_get_i64(w, "pid", 0);
+            int old = 0;
+            for (int i = 0; i < nknown; i++) old |= known[i] == pid;
+            if (!old && strcmp(wire_get_str(w, "state", ""), "dead") != 0)
+                newcomer_mbs += (int)wire_get_i64(w, "mbs_done", 0);
+        }
+        cJSON_Delete(st);
+        CHECKF(newcomer_mbs > 0, "join: the replacement computed %d micro-batches after joining", newcomer_mbs);
+        if (joins < 1 || newcomer_mbs <= 0) print_log(&c);
     }
 
     /* two workers killed in the same step */
