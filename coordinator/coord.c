@@ -1,5 +1,5 @@
-/* The coordinator daemon (see coord.h): socket loop, worker registry, liveness, local worker spawning, client
- * requests. The per-job state machine (plan, dispatch, reduce, commit) lives in jobrun.c.
+/* The coordinator daemon (see coord.h): socket loop, worker registry, liveness, worker spawning (local fork/exec,
+ * or MPI_Comm_spawn under mpirun), client requests. The per-job state machine (plan, dispatch, reduce, commit) lives in jobrun.c.
  * Tested by tests/integration/coordinator_*.sh and bench/bench_coordinator. */
 #include "coordinator/coord.h"
 
@@ -81,6 +81,19 @@ static worker_t *worker_add(coord_t *c, const uint8_t *id, size_t idlen) {
 static const char *k_wstate[] = {"idle", "loading", "ready", "busy", "dead"};
 const char *coord_worker_state_name(int s) { return (s >= 0 && s <= W_DEAD) ? k_wstate[s] : "?"; }
 
+/* Whether pid is still a llava-worker on this host (an MPI rank's pid may be reused once its launcher reaped it). */
+static int is_worker_process(int pid) {
+    char path[64], cmd[512] = "";
+    snprintf(path, sizeof path, "/proc/%d/cmdline", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(cmd, 1, sizeof cmd - 1, f);
+    fclose(f);
+    cmd[n] = 0; /* argv[0] ends at the first NUL */
+    const char *base = strrchr(cmd, '/');
+    return strcmp(base ? base + 1 : cmd, "llava-worker") == 0;
+}
+
 void coord_worker_dead(coord_t *c, worker_t *w, const char *why) {
     if (w->state == W_DEAD) return;
     w->state = W_DEAD;
@@ -89,26 +102,54 @@ void coord_worker_dead(coord_t *c, worker_t *w, const char *why) {
     w->died_wall = coord_wall();
     LOG_W("worker %d (%s pid %d, %s) declared dead: %s", w->id, w->host, w->pid, w->device, why);
     if (w->spawned_pid > 0 && w->pid == w->spawned_pid) kill(w->spawned_pid, SIGKILL); /* fence: no comeback */
+    if (c->cfg.mpi && w->replaceable) {
+        /* an MPI rank on this host that hangs is fenced like a local child; one elsewhere may come back and is
+         * then told to register again (an extra worker) */
+        if (w->pid > 0 && strcmp(w->host, c->hostname) == 0 && is_worker_process(w->pid)) kill(w->pid, SIGKILL);
+        if (!c->stopping && c->nreplace < (int)(sizeof c->replace_q / sizeof c->replace_q[0]))
+            c->replace_q[c->nreplace++] = w->id;
+    }
     if (c->job) jobrun_worker_lost(c, w);
+}
+
+/* Whether a dead worker may be replaced now: always between jobs, within max_replacements during one (which the
+ * replacement then uses up). */
+static int take_replacement(coord_t *c) {
+    if (c->stopping) return 0;
+    if (!c->job) return 1;
+    if (c->job->replacements >= c->job->max_replacements) return 0;
+    c->job->replacements++;
+    return 1;
+}
+
+/* A worker's arguments after the program name: the endpoint, --worker-args, then `device` if given (last, so it
+ * wins). *extra owns the split --worker-args; free it after use. Returns the count, or -1 out of memory. */
+static int worker_args(const coord_t *c, char **args, int max, const char *device, char **extra) {
+    int na = 0;
+    *extra = NULL;
+    args[na++] = "--coordinator";
+    args[na++] = (char *)c->worker_ep;
+    if (c->cfg.mpi) args[na++] = "--mpi";
+    if (c->cfg.worker_args && *c->cfg.worker_args) {
+        *extra = strdup(c->cfg.worker_args);
+        if (!*extra) return -1;
+        for (char *save = NULL, *t = strtok_r(*extra, " ", &save); t && na < max - 3; t = strtok_r(NULL, " ", &save))
+            args[na++] = t;
+    }
+    if (device && *device) {
+        args[na++] = "--device";
+        args[na++] = (char *)device;
+    }
+    args[na] = NULL;
+    return na;
 }
 
 /* ---- local workers (fork/exec) ---- */
 
 static int spawn_worker(coord_t *c) {
-    char *args[64];
-    int na = 0;
-    char endpoint[256], *extra = NULL;
-    snprintf(endpoint, sizeof endpoint, "%s", c->cfg.bind);
-    args[na++] = (char *)c->cfg.worker_exe;
-    args[na++] = "--coordinator";
-    args[na++] = endpoint;
-    if (c->cfg.worker_args && *c->cfg.worker_args) {
-        extra = strdup(c->cfg.worker_args);
-        if (!extra) return LLAVA_ENOMEM;
-        for (char *save = NULL, *t = strtok_r(extra, " ", &save); t && na < 62; t = strtok_r(NULL, " ", &save))
-            args[na++] = t;
-    }
-    args[na] = NULL;
+    char *args[64], *extra = NULL;
+    args[0] = (char *)c->cfg.worker_exe;
+    if (worker_args(c, args + 1, 63, NULL, &extra) < 0) return LLAVA_ENOMEM;
     pid_t pid = fork();
     if (pid < 0) {
         LOG_E("fork: %s", strerror(errno));
@@ -146,11 +187,37 @@ static void reap_children(coord_t *c) {
         for (int i = 0; i < c->nw; i++)
             if (c->w[i].pid == pid && c->w[i].state != W_DEAD) coord_worker_dead(c, &c->w[i], why);
         if (!c->stopping && c->cfg.spawn_workers > 0) {
-            int may = !c->job || c->job->replacements < c->job->max_replacements;
-            if (may && c->job) c->job->replacements++;
-            if (may) spawn_worker(c);
+            if (take_replacement(c)) spawn_worker(c);
             else LOG_W("no replacement for pid %d: max_replacements reached; going on with fewer workers", (int)pid);
         }
+    }
+}
+
+/* ---- MPI workers (MPI_Comm_spawn) ---- */
+
+/* Replaces the dead MPI workers queued by coord_worker_dead, one MPI_Comm_spawn each, on the dead worker's host
+ * and device. The spawn blocks this loop until the child has called MPI_Init (a few hundred ms). */
+static void replace_mpi_workers(coord_t *c) {
+    while (c->nreplace > 0 && !c->stopping) {
+        const worker_t *dead = &c->w[c->replace_q[--c->nreplace]];
+        if (!take_replacement(c)) {
+            LOG_W("no replacement for worker %d (%s pid %d): max_replacements reached; going on with fewer workers",
+                  dead->id, dead->host, dead->pid);
+            continue;
+        }
+        char *args[64], *extra = NULL, device[32];
+        snprintf(device, sizeof device, "%s", dead->device);
+        if (worker_args(c, args, 64, device, &extra) < 0) {
+            LOG_E("out of memory building a replacement's arguments");
+            return;
+        }
+        double ms = 0;
+        int rc = mpilaunch_spawn(c->cfg.worker_exe, args, dead->host, &ms);
+        if (rc) LOG_E("MPI_Comm_spawn of a replacement for worker %d on %s failed (%s); going on with fewer workers",
+                      dead->id, dead->host, err_str(rc));
+        else LOG_I("replaced worker %d (%s pid %d) via MPI_Comm_spawn on %s, device %s, in %.0f ms", dead->id,
+                   dead->host, dead->pid, dead->host, device, ms);
+        free(extra);
     }
 }
 
@@ -160,10 +227,12 @@ static void on_register(coord_t *c, const uint8_t *id, size_t idlen, wire_msg_t 
     worker_t *w = worker_by_ident(c, id, idlen);
     if (w) {
         /* The same identity registering again: its process restarted or it was fenced; treat the old as dead. */
+        w->replaceable = 0; /* the process is back; no replacement for it */
         coord_worker_dead(c, w, "re-registered (restarted)");
     }
     w = worker_add(c, id, idlen);
     if (!w) return;
+    w->replaceable = c->cfg.mpi != NULL;
     snprintf(w->host, sizeof w->host, "%s", wire_get_str(m->body, "host", "?"));
     snprintf(w->device, sizeof w->device, "%s", wire_get_str(m->body, "device", "cpu"));
     w->pid = (int)wire_get_i64(m->body, "pid", 0);
@@ -355,7 +424,9 @@ int coord_new(const coord_config_t *cfg, coord_t **out) {
     RC_CHECK_GOTO(state_open(cfg->state_dir, &c->st));
     RC_CHECK_GOTO(open_socket(c));
     LOG_I("coordinator listening on %s, state in %s", c->endpoint, cfg->state_dir);
-    c->cfg.bind = c->endpoint; /* spawned workers connect to the resolved endpoint */
+    if (gethostname(c->hostname, sizeof c->hostname - 1) != 0) snprintf(c->hostname, sizeof c->hostname, "?");
+    snprintf(c->worker_ep, sizeof c->worker_ep, "%s", c->endpoint); /* spawned workers use the resolved one */
+    if (cfg->mpi) RC_CHECK_GOTO(mpilaunch_publish(cfg->mpi, c->endpoint, c->worker_ep, sizeof c->worker_ep));
     for (int i = 0; i < cfg->spawn_workers; i++) RC_CHECK_GOTO(spawn_worker(c));
     *out = c;
     return 0;
@@ -369,6 +440,7 @@ int coord_run(coord_t *c, volatile sig_atomic_t *stop) {
     double next_tick = coord_now();
     while (!*stop) {
         reap_children(c);
+        if (c->nreplace) replace_mpi_workers(c);
         double now = coord_now();
         int wait_ms = (int)((next_tick - now) * 1000.0);
         if (wait_ms < 0) wait_ms = 0;

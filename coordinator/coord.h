@@ -8,6 +8,8 @@
 #include <signal.h>
 #include <stdint.h>
 
+#include "common/mpilaunch.h"
+
 typedef struct {
     const char *bind;       /* e.g. tcp://127.0.0.1:5555 */
     const char *state_dir;  /* durable state (LMDB) */
@@ -16,11 +18,14 @@ typedef struct {
     const char *worker_args;/* extra arguments for spawned workers (space separated) */
     int exit_when_idle;     /* exit once the queue is empty and no job runs (llava-run) */
     int mb_inflight;        /* micro-batches in flight per worker (pipelining), default 2 */
+    const mpilaunch_t *mpi; /* under mpirun (rank 0): publish the endpoint, replace dead workers by MPI_Comm_spawn;
+                               NULL = not under MPI. Owned by main. */
 } coord_config_t;
 
 typedef struct coord coord_t;
 
-/** Opens the state, binds the endpoint, spawns local workers. Returns 0 or a LLAVA_E* code (logged). */
+/** Opens the state, binds the endpoint, spawns local workers, or under MPI publishes the endpoint to the job's
+ *  worker ranks (collective: every rank of the first launch must be starting). Returns 0 or a LLAVA_E* code. */
 int coord_new(const coord_config_t *cfg, coord_t **out);
 /** Runs the poll loop until *stop becomes non-zero (set by a signal handler in main) or, with exit_when_idle,
  *  the queue drains. Returns 0, or 1 if exit_when_idle and the last job failed. */

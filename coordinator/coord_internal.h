@@ -26,6 +26,7 @@ typedef struct {
     int pid, threads;
     int64_t mem_bytes;
     pid_t spawned_pid; /* > 0 when this coordinator forked it */
+    int replaceable;   /* under MPI: its death asks for a replacement (0 once it re-registered itself) */
     int state;
     double last_seen, last_progress_at, died_at;
     double died_wall;  /* wall clock (Unix seconds) when declared dead, for tools that time failures */
@@ -104,6 +105,10 @@ struct coord {
     int heartbeat_ms, hang_timeout_ms;
     pid_t spawned[256];
     int nspawned;
+    char worker_ep[256];  /* the endpoint workers connect to (under MPI: the published one) */
+    char hostname[64];
+    int replace_q[256];   /* under MPI: dead workers (ids) waiting for an MPI_Comm_spawn replacement */
+    int nreplace;
     int stopping;
     int last_job_failed;
     double idle_since;

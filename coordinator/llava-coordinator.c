@@ -1,5 +1,6 @@
 /* llava-coordinator: the coordinator daemon. Binds loopback by default; keeps its state (job queue, ledger) in
- * --state DIR so a restart continues where it stopped. Run: llava-coordinator --help. */
+ * --state DIR so a restart continues where it stopped. Under mpirun (--mpi) it is rank 0 of one MPMD job with the
+ * workers (deploy/mpi-run.sh). Run: llava-coordinator --help. */
 #include <getopt.h>
 #include <libgen.h>
 #include <limits.h>
@@ -31,6 +32,8 @@ static void usage(FILE *f) {
             "  --mb-inflight N      micro-batches in flight per worker (default 2)\n"
             "  --exit-when-idle     exit when no job is queued or running (exit 1 if the last job failed)\n"
             "  --endpoint-file F    write the bound endpoint to F (for scripts using an ephemeral port)\n"
+            "  --mpi                run as rank 0 of an mpirun job: send the endpoint to the worker ranks, replace\n"
+            "                       dead workers with MPI_Comm_spawn (--worker-exe, --worker-args; see deploy/mpi-run.sh)\n"
             "  -v, --verbose        debug logging\n"
             "  -h, --help           this help\n");
 }
@@ -44,7 +47,8 @@ int main(int argc, char **argv) {
         {"bind", 1, 0, 'b'},          {"state", 1, 0, 's'},        {"spawn-workers", 1, 0, 'n'},
         {"worker-exe", 1, 0, 'e'},    {"worker-args", 1, 0, 'a'},  {"mb-inflight", 1, 0, 'i'},
         {"exit-when-idle", 0, 0, 'x'}, {"endpoint-file", 1, 0, 'f'}, {"verbose", 0, 0, 'v'},
-        {"help", 0, 0, 'h'},          {0, 0, 0, 0}};
+        {"mpi", 0, 0, 'M'},           {"help", 0, 0, 'h'},         {0, 0, 0, 0}};
+    int use_mpi = 0;
     int o;
     while ((o = getopt_long(argc, argv, "vh", opts, NULL)) != -1) {
         switch (o) {
@@ -57,6 +61,7 @@ int main(int argc, char **argv) {
         case 'x': cfg.exit_when_idle = 1; break;
         case 'f': endpoint_file = optarg; break;
         case 'v': log_set_level(LOG_DEBUG); break;
+        case 'M': use_mpi = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -69,7 +74,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "llava-coordinator: --spawn-workers must be 0..256\n");
         return 2;
     }
-    if (cfg.spawn_workers > 0 && !cfg.worker_exe) {
+    if (use_mpi && cfg.spawn_workers > 0) {
+        fprintf(stderr, "llava-coordinator: --mpi and --spawn-workers exclude each other (mpirun starts the workers)\n");
+        return 2;
+    }
+    if ((cfg.spawn_workers > 0 || use_mpi) && !cfg.worker_exe) {
         ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 32);
         if (n <= 0) {
             fprintf(stderr, "llava-coordinator: cannot find llava-worker; pass --worker-exe\n");
@@ -84,10 +93,16 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    mpilaunch_t mpi;
+    if (use_mpi) {
+        if (mpilaunch_init(&argc, &argv, &mpi) != 0) return 1;
+        cfg.mpi = &mpi;
+    }
     coord_t *c = NULL;
     int rc = coord_new(&cfg, &c);
     if (rc) {
         fprintf(stderr, "llava-coordinator: cannot start: %s\n", err_str(rc));
+        mpilaunch_finalize();
         return 1;
     }
     if (endpoint_file) {
@@ -95,10 +110,12 @@ int main(int argc, char **argv) {
         if (!f || fprintf(f, "%s\n", coord_endpoint(c)) < 0 || fclose(f) != 0) {
             fprintf(stderr, "llava-coordinator: cannot write %s\n", endpoint_file);
             coord_free(&c);
+            mpilaunch_finalize();
             return 1;
         }
     }
     int code = coord_run(c, &g_stop);
     coord_free(&c);
+    mpilaunch_finalize();
     return code;
 }

@@ -1,6 +1,7 @@
 /* llava-run: the embedded default. Starts a coordinator with N local CPU workers on this machine, submits the job
  * spec (every stage), shows live progress, runs the spec's evaluation, stops everything, and exits non-zero if a
- * job failed. Run: llava-run --help. */
+ * job failed. With --coordinator it drives a coordinator started elsewhere (deploy/mpi-run.sh under mpirun).
+ * Run: llava-run --help. */
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
@@ -37,6 +38,8 @@ static void usage(FILE *f) {
             "usage: llava-run JOB.yaml [options]\n"
             "Runs a job spec on this machine: a coordinator, N local CPU workers, live progress, evaluation.\n\n"
             "  --workers N       local workers (default: the spec's cluster.workers)\n"
+            "  --coordinator EP  use this running coordinator and its workers instead of starting them (it is not\n"
+            "                    stopped here; deploy/mpi-run.sh starts one with --exit-when-idle)\n"
             "  --threads T       compute threads per worker (default: cores / workers, at least 1)\n"
             "  --state DIR       coordinator state directory (default: <checkpoint.dir>/../llava-state)\n"
             "  --backend NAME    model (default) or sim (no model; for tests)\n"
@@ -179,7 +182,7 @@ static int read_endpoint(const char *epfile, pid_t coord, char *ep, size_t len) 
 static cJSON *final_status_if_exited(pid_t coord, int *coord_status, int *coord_reaped, const char *state_path,
                                      uint64_t job) {
     if (!*coord_reaped) {
-        if (waitpid(coord, coord_status, WNOHANG) != coord) return NULL;
+        if (coord <= 0 || waitpid(coord, coord_status, WNOHANG) != coord) return NULL; /* not ours (--coordinator) */
         *coord_reaped = 1;
     }
     state_t *s = NULL;
@@ -203,7 +206,7 @@ static int watch_job(client_t *cl, uint64_t job, int quiet, pid_t coord, int *co
         cJSON *body = cJSON_CreateObject(), *st = NULL;
         cJSON_AddNumberToObject(body, "job", (double)job);
         char err[512];
-        int exited = *coord_reaped || waitpid(coord, coord_status, WNOHANG) == coord;
+        int exited = *coord_reaped || (coord > 0 && waitpid(coord, coord_status, WNOHANG) == coord);
         if (exited) *coord_reaped = 1;
         if (exited || client_request(cl, MSG_STATUS, 0, body, exited ? 0 : 1000, &st, err, sizeof err)) {
             if (exited) cJSON_Delete(body);
@@ -245,11 +248,11 @@ static int watch_job(client_t *cl, uint64_t job, int quiet, pid_t coord, int *co
 int main(int argc, char **argv) {
     log_set_role("llava-run", -1);
     int workers = 0, threads = 0, quiet = 0, verbose = 0, no_eval = 0, sim_ms = 0;
-    const char *state = NULL, *backend = "model";
+    const char *state = NULL, *backend = "model", *attach = NULL;
     static const struct option opts[] = {{"workers", 1, 0, 'w'}, {"threads", 1, 0, 't'}, {"state", 1, 0, 's'},
                                          {"backend", 1, 0, 'B'}, {"sim-mb-ms", 1, 0, 'm'}, {"no-eval", 0, 0, 'E'},
                                          {"quiet", 0, 0, 'q'},   {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
+                                         {"coordinator", 1, 0, 'c'}, {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "qvh", opts, NULL)) != -1) {
         switch (o) {
@@ -259,6 +262,7 @@ int main(int argc, char **argv) {
         case 'B': backend = optarg; break;
         case 'm': sim_ms = atoi(optarg); break;
         case 'E': no_eval = 1; break;
+        case 'c': attach = optarg; break;
         case 'q': quiet = 1; break;
         case 'v': verbose = 1; break;
         case 'h': usage(stdout); return 0;
@@ -288,7 +292,7 @@ int main(int argc, char **argv) {
         snprintf(statebuf, sizeof statebuf, "%s/llava-state", dirname(tmp));
         state = statebuf;
     }
-    if (mkdir_p(state) != 0) {
+    if (!attach && mkdir_p(state) != 0) {
         fprintf(stderr, "llava-run: cannot create state directory %s: %s\n", state, strerror(errno));
         return 1;
     }
@@ -300,12 +304,15 @@ int main(int argc, char **argv) {
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    if (!quiet) printf("llava-run: %s: %d stage(s), %d local worker(s) x %d thread(s), state in %s\n", spec_path,
-                       cJSON_GetArraySize(stages), workers, threads, state);
+    if (!quiet && attach) printf("llava-run: %s: %d stage(s) on the coordinator at %s\n", spec_path,
+                                 cJSON_GetArraySize(stages), attach);
+    else if (!quiet) printf("llava-run: %s: %d stage(s), %d local worker(s) x %d thread(s), state in %s\n", spec_path,
+                            cJSON_GetArraySize(stages), workers, threads, state);
     fflush(stdout);
-    pid_t coord = start_coordinator(bindir, state, workers, wargs, epfile, verbose);
     char ep[256];
-    if (coord < 0 || read_endpoint(epfile, coord, ep, sizeof ep) != 0) {
+    snprintf(ep, sizeof ep, "%s", attach ? attach : "");
+    pid_t coord = attach ? 0 : start_coordinator(bindir, state, workers, wargs, epfile, verbose);
+    if (!attach && (coord < 0 || read_endpoint(epfile, coord, ep, sizeof ep) != 0)) {
         fprintf(stderr, "llava-run: the coordinator did not start (see its log above)\n");
         if (coord > 0) kill(coord, SIGTERM), waitpid(coord, NULL, 0);
         cJSON_Delete(stages);
@@ -337,8 +344,8 @@ int main(int argc, char **argv) {
         code = watch_job(cl, ids[i], quiet, coord, &status, &reaped, state);
     }
     client_close(&cl);
-    if (!reaped && (g_stop || code)) kill(coord, SIGTERM);
-    if (!reaped) waitpid(coord, &status, 0);
+    if (coord > 0 && !reaped && (g_stop || code)) kill(coord, SIGTERM);
+    if (coord > 0 && !reaped) waitpid(coord, &status, 0);
     if (!code && !g_stop && !no_eval && strcmp(backend, "sim") != 0) code = run_evals(stages, (int)cores, quiet);
     cJSON_Delete(stages);
     if (g_stop) {
