@@ -1,7 +1,7 @@
 /* The MPI launcher end to end on one node: deploy/mpi-run.sh starts llava-coordinator (rank 0) and 3 sim workers
  * under mpirun --enable-recovery; a failure-free run, then a run with one worker killed -9 mid-job, which the
- * coordinator replaces with MPI_Comm_spawn. Both finish, every sample is in the ledger exactly once per epoch, and
- * the per-step losses of the two runs agree within 1e-5 relative. Skipped (77) without MPI in the build or mpirun.
+ * coordinator replaces with MPI_Comm_spawn; the replacement joins the running job with a member's state. Both
+ * finish, every sample is in the ledger exactly once per epoch, and the per-step losses agree within 1e-5 relative. Skipped (77) without MPI in the build or mpirun.
  * Run: ctest -R test_mpi_launch (needs LLAVA_BUILD_DIR and LLAVA_SOURCE_DIR, set by ctest). */
 #include <signal.h>
 #include <stdio.h>
@@ -182,6 +182,17 @@ static int ledger_losses(const char *state_dir, double *loss, int *steps) {
     return bad;
 }
 
+/* A number from job 1's record in the state directory (-1 if absent). */
+static int64_t job_record_i64(const char *state_dir, const char *key) {
+    state_t *st = NULL;
+    cJSON *j = NULL;
+    int64_t v = -1;
+    if (state_open(state_dir, &st) == 0 && state_job_get(st, 1, &j) == 0) v = wire_get_i64(j, key, -1);
+    cJSON_Delete(j);
+    state_close(&st);
+    return v;
+}
+
 /* The running job's step and the pid of one live member (rank >= 0), or -1. */
 static int64_t job_step_and_member(client_t *cl, pid_t *member) {
     cJSON *b = cJSON_CreateObject(), *r = NULL;
@@ -269,6 +280,11 @@ int main(void) {
     CHECKF(declared == 1, "worker pid %d was not declared dead once (%d)", (int)victim, declared);
     CHECKF(log_grep(&l, "via MPI_Comm_spawn on", NULL, NULL, 0) == 1, "no replacement via MPI_Comm_spawn logged");
     CHECKF(log_grep(&l, "worker 3 registered", NULL, NULL, 0) == 1, "the replacement did not register");
+    CHECKF(log_grep(&l, "worker 3 joins with the training state", NULL, NULL, 0) == 1,
+           "the replacement did not join the running job with a member's state");
+    CHECKF(job_record_i64(l.state, "joins") == 1, "job record joins = %lld, expected 1",
+           (long long)job_record_i64(l.state, "joins"));
+    CHECKF(job_record_i64(l.state, "recoveries") >= 1, "job record shows no recovery");
     if (t_failures) print_logs(&l);
     return test_finish();
 }
