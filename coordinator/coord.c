@@ -238,6 +238,8 @@ static void on_register(coord_t *c, const uint8_t *id, size_t idlen, wire_msg_t 
     w->pid = (int)wire_get_i64(m->body, "pid", 0);
     w->threads = (int)wire_get_i64(m->body, "threads", 1);
     w->mem_bytes = wire_get_i64(m->body, "mem_bytes", 0);
+    w->held_job = (uint64_t)wire_get_i64(m->body, "held_job", 0);
+    w->held_step = wire_get_i64(m->body, "held_step", -1);
     for (int i = 0; i < c->nspawned; i++)
         if (c->spawned[i] == w->pid) w->spawned_pid = w->pid;
     LOG_I("worker %d registered: %s pid %d %s, %d threads", w->id, w->host, w->pid, w->device, w->threads);

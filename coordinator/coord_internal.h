@@ -27,6 +27,8 @@ typedef struct {
     int64_t mem_bytes;
     pid_t spawned_pid; /* > 0 when this coordinator forked it */
     int replaceable;   /* under MPI: its death asks for a replacement (0 once it re-registered itself) */
+    uint64_t held_job; /* from REGISTER: the worker still holds this job's training state ... */
+    int64_t held_step; /* ... with steps [0, held_step) applied (a coordinator restart goes on from it) */
     int state;
     double last_seen, last_progress_at, died_at;
     double died_wall;  /* wall clock (Unix seconds) when declared dead, for tools that time failures */
@@ -92,6 +94,9 @@ typedef struct {
     char joiner_ep[256];
     double join_at;
     int64_t joins;
+    int64_t committed_at_start; /* ledger steps committed when this run (re)started; a commit below is a replay */
+    int64_t replayed;           /* steps recomputed because they were committed before this run started */
+    int resumed_in_memory;      /* this run went on from the workers' memory, not from a checkpoint */
 } jobrun_t;
 
 struct coord {

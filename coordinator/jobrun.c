@@ -359,6 +359,7 @@ static void commit_step(coord_t *c) {
     cJSON_AddNumberToObject(e, "lr", j->step_lr);
     cJSON_AddNumberToObject(e, "workers", j->nmembers);
     cJSON_AddNumberToObject(e, "committed_at", coord_wall());
+    if (j->step < j->committed_at_start) j->replayed++;
     int rc = state_ledger_commit(c->st, j->id, j->step, e);
     cJSON_Delete(e);
     if (rc) {
@@ -406,6 +407,28 @@ static void commit_step(coord_t *c) {
 
 /* ---- starting ---- */
 
+/* After a coordinator restart: do the idle workers that still hold this job's state all hold it as of the next
+ * uncommitted step (every committed step applied)? Then the job goes on from their memory; if they disagree, or
+ * lag (the crash came between a commit and its APPLY), it resumes from the checkpoint as before. */
+static int held_in_memory(coord_t *c, int64_t next_step) {
+    jobrun_t *j = c->job;
+    int holders = 0, agree = 1;
+    for (int i = 0; i < c->nw; i++) {
+        const worker_t *w = &c->w[i];
+        if (w->state != W_IDLE || w->held_job != j->id) continue;
+        holders++;
+        if (w->held_step != next_step) {
+            LOG_W("job %llu: worker %d holds the state of step %lld, the ledger's next step is %lld",
+                  (unsigned long long)j->id, w->id, (long long)w->held_step, (long long)next_step);
+            agree = 0;
+        }
+    }
+    if (holders > 0 && !agree)
+        LOG_W("job %llu: the workers do not agree with the ledger; resuming from the last checkpoint",
+              (unsigned long long)j->id);
+    return holders > 0 && agree && next_step > 0;
+}
+
 static int start_loading(coord_t *c) {
     jobrun_t *j = c->job;
     if (j->step == INT64_MAX) { /* first start: is the run directory's last checkpoint already the end? */
@@ -430,6 +453,12 @@ static int start_loading(coord_t *c) {
     char resume[1100] = "";
     int64_t ck = read_latest_checkpoint(j->run_dir, resume, sizeof resume);
     if (ck > j->step) ck = j->step; /* never ahead of the ledger's replay point */
+    int64_t last = -1;
+    if (state_ledger_last(c->st, j->id, &last) != 0) last = -1;
+    j->committed_at_start = last + 1;
+    int keep = held_in_memory(c, j->committed_at_start);
+    j->resumed_in_memory = keep;
+    if (keep) ck = j->committed_at_start;
     j->step = j->start_step = ck;
     j->last_ckpt_step = ck;
     j->plan_epoch = -1; /* recount shard progress from the plan */
@@ -439,22 +468,24 @@ static int start_loading(coord_t *c) {
     if (rc) return rc;
     for (int i = 0; i < c->nw && j->nmembers < j->want_workers; i++) {
         worker_t *w = &c->w[i];
-        if (w->state != W_IDLE) continue;
+        if (w->state != W_IDLE || (keep && w->held_job != j->id)) continue; /* the others join later */
         j->members[j->nmembers++] = w->id;
         w->state = W_LOADING;
         w->inflight = 0;
         w->endpoint[0] = 0;
         cJSON *b = cJSON_CreateObject();
         cJSON_AddItemToObject(b, "spec", cJSON_Duplicate(j->spec, 1));
-        if (ck > 0) cJSON_AddStringToObject(b, "resume", resume);
+        if (keep) cJSON_AddBoolToObject(b, "keep", 1);
+        if (ck > 0 && !keep) cJSON_AddStringToObject(b, "resume", resume);
         else cJSON_AddNullToObject(b, "resume");
         cJSON_AddNumberToObject(b, "start_step", (double)ck);
         cJSON_AddNumberToObject(b, "hang_timeout_ms", c->hang_timeout_ms);
         send_simple(c, w, MSG_JOB, b);
     }
     j->phase = P_LOADING;
-    LOG_I("job %llu '%s': loading on %d worker(s), starting at step %lld of %lld", (unsigned long long)j->id, j->name,
-          j->nmembers, (long long)ck, (long long)j->total_steps);
+    LOG_I("job %llu '%s': %s on %d worker(s), starting at step %lld of %lld", (unsigned long long)j->id, j->name,
+          keep ? "going on from the workers' memory" : "loading", j->nmembers, (long long)ck,
+          (long long)j->total_steps);
     return 0;
 }
 
@@ -770,6 +801,9 @@ void jobrun_finish(coord_t *c, const char *state, const char *error) {
     cJSON_AddNumberToObject(patch, "final_loss", j->last_loss);
     cJSON_AddNumberToObject(patch, "recoveries", (double)j->recoveries);
     cJSON_AddNumberToObject(patch, "joins", (double)j->joins);
+    cJSON_AddNumberToObject(patch, "replayed_steps", (double)j->replayed);
+    cJSON_AddBoolToObject(patch, "resumed_in_memory", j->resumed_in_memory);
+    cJSON_AddNumberToObject(patch, "start_step", (double)j->start_step);
     if (error) cJSON_AddStringToObject(patch, "error", error);
     if (state_job_update(c->st, j->id, patch) != 0) LOG_E("job %llu: cannot record its end", (unsigned long long)j->id);
     cJSON_Delete(patch);
@@ -803,6 +837,8 @@ cJSON *jobrun_status_json(const coord_t *c) {
     cJSON_AddNumberToObject(o, "generation", j->gen);
     cJSON_AddNumberToObject(o, "recoveries", (double)j->recoveries);
     cJSON_AddNumberToObject(o, "joins", (double)j->joins);
+    cJSON_AddNumberToObject(o, "start_step", (double)j->start_step);
+    cJSON_AddNumberToObject(o, "replayed_steps", (double)j->replayed);
     cJSON_AddNumberToObject(o, "joining", j->joiner >= 0 ? j->joiner : j->join_pending);
     double sps = el > 0 ? (double)j->samples_run / el : 0, tps = el > 0 ? (double)j->tokens_run / el : 0;
     cJSON_AddNumberToObject(o, "samples_per_s", sps);

@@ -39,6 +39,10 @@ static int send_register(worker_ctx_t *x) {
     long pages = sysconf(_SC_PHYS_PAGES), psize = sysconf(_SC_PAGE_SIZE);
     cJSON_AddNumberToObject(m.body, "mem_bytes", (double)pages * (double)psize);
     cJSON_AddStringToObject(m.body, "backend", x->cfg.backend);
+    if (atomic_load(&x->held_job) > 0) { /* a restarted coordinator may go on from this state, without a reload */
+        cJSON_AddNumberToObject(m.body, "held_job", (double)atomic_load(&x->held_job));
+        cJSON_AddNumberToObject(m.body, "held_step", (double)atomic_load(&x->held_step));
+    }
     rc = wire_send(x->sock, NULL, 0, &m, ZMQ_DONTWAIT);
     wire_msg_clear(&m);
     x->registered_at = now_s();
@@ -76,15 +80,19 @@ static int on_coordinator(worker_ctx_t *x, int *quit) {
         *quit = 1;
         break;
     case MSG_RELEASE:
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m.body, "reregister"))) {
+            /* The coordinator does not know us (it restarted, or fenced us). One answer per registration: the
+             * others answer messages sent before our REGISTER. The compute thread stops the step in flight but
+             * keeps the model, then reports what it holds (on_compute sends the REGISTER). */
+            if (!x->welcomed) break;
+            LOG_W("the coordinator asked this worker to register again; the step in flight is dropped");
+            x->welcomed = 0;
+            x->reg_pending = 1;
+            x->registered_at = now_s();
+        }
         atomic_store(&x->job, 0);
         atomic_fetch_add(&x->fence, 1);
         wire_send(x->pipe, NULL, 0, &m, 0);
-        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m.body, "reregister"))) {
-            /* The coordinator does not know us (it restarted, or fenced us): start over as a fresh worker. */
-            LOG_W("the coordinator asked this worker to register again; dropping job state");
-            x->welcomed = 0;
-            send_register(x);
-        }
         break;
     case MSG_JOB:
         atomic_store(&x->job, (int64_t)m.job);
@@ -113,6 +121,12 @@ static int on_coordinator(worker_ctx_t *x, int *quit) {
 static void on_compute(worker_ctx_t *x) {
     wire_msg_t m;
     if (wire_recv(x->pipe, NULL, NULL, &m, ZMQ_DONTWAIT)) return;
+    if (m.type == MSG_REGISTER) { /* the compute thread is quiet and its held state current */
+        x->reg_pending = 0;
+        send_register(x);
+        wire_msg_clear(&m);
+        return;
+    }
     wire_send(x->sock, NULL, 0, &m, 0);
     wire_msg_clear(&m);
 }
@@ -190,7 +204,8 @@ int worker_run(const worker_config_t *cfg, volatile sig_atomic_t *stop) {
                 LOG_W("no coordinator for %.0f s since this worker's launcher exited; exiting", now - x->last_heard);
                 break;
             }
-            if (!x->welcomed && now - x->registered_at > 2.0) send_register(x); /* coordinator not up yet */
+            if (!x->welcomed && now - x->registered_at > (x->reg_pending ? 30.0 : 2.0))
+                send_register(x); /* coordinator not up yet (or the compute thread is stuck) */
             else if (x->welcomed) send_heartbeat(x);
             next_hb = now + x->heartbeat_ms / 1000.0;
         }

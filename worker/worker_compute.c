@@ -66,6 +66,8 @@ static void close_state_sock(compute_t *k) {
 }
 
 static void release(compute_t *k) {
+    atomic_store(&k->x->held_job, 0);
+    atomic_store(&k->x->held_step, -1);
     close_state_sock(k);
     comm_destroy(&k->comm);
     if (k->job) k->x->backend->ops->job_release(k->x->backend);
@@ -78,7 +80,45 @@ static void release(compute_t *k) {
 
 static int bind_state_sock(compute_t *k, char *ep, size_t eplen);
 
+/* The coordinator restarted (RELEASE {reregister}): drop the step in flight (ring, accumulated gradients) but keep
+ * the model, and report the held state so the new coordinator can go on from it. */
+static void on_reregister(compute_t *k) {
+    comm_destroy(&k->comm);
+    if (k->job) k->x->backend->ops->zero_grads(k->x->backend);
+    k->reduced = 0;
+    k->gen = 0;
+    wire_msg_t m = {.type = MSG_REGISTER, .step = -1, .body = cJSON_CreateObject()};
+    if (m.body) wire_send(k->pipe, NULL, 0, &m, 0);
+    cJSON_Delete(m.body);
+}
+
+/* JOB {keep}: a restarted coordinator goes on from the state this worker still holds. */
+static int keep_job(compute_t *k, const wire_msg_t *m) {
+    int64_t start = wire_get_i64(m->body, "start_step", -1);
+    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m->body, "keep")) || k->job != m->job ||
+        atomic_load(&k->x->held_job) != (int64_t)m->job || atomic_load(&k->x->held_step) != start)
+        return 0;
+    comm_destroy(&k->comm);
+    close_state_sock(k);
+    k->x->backend->ops->zero_grads(k->x->backend);
+    k->reduced = 0;
+    k->gen = 0;
+    k->hang_timeout_ms = (int)wire_get_i64(m->body, "hang_timeout_ms", 10000);
+    LOG_I("job %llu: going on from the state held in memory (step %lld); no reload", (unsigned long long)m->job,
+          (long long)start);
+    reply(k, MSG_READY, -1, NULL);
+    atomic_fetch_add(&k->x->progress, 1);
+    return 1;
+}
+
 static void on_job(compute_t *k, const wire_msg_t *m) {
+    if (keep_job(k, m)) return;
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m->body, "keep"))) {
+        release(k);
+        k->job = m->job;
+        fail(k, -1, "resuming from memory", "this worker no longer holds the state the coordinator expects");
+        return;
+    }
     release(k);
     k->job = m->job;
     k->gen = 0;
@@ -109,6 +149,8 @@ static void on_job(compute_t *k, const wire_msg_t *m) {
         }
         cJSON_AddStringToObject(b, "state_endpoint", ep);
     }
+    atomic_store(&k->x->held_job, (int64_t)k->job);
+    atomic_store(&k->x->held_step, wire_get_i64(m->body, "start_step", 0));
     reply(k, MSG_READY, -1, b); /* generation 0: loaded */
     atomic_fetch_add(&k->x->progress, 1);
 }
@@ -215,6 +257,7 @@ static void on_state_recv(compute_t *k, const wire_msg_t *m) {
         cJSON_AddStringToObject(b, "error", err);
     } else {
         LOG_I("step %lld: training state received (%zu bytes); joined", (long long)m->step, zmq_msg_size(&blob));
+        atomic_store(&k->x->held_step, m->step);
     }
     zmq_msg_close(&blob);
     atomic_fetch_add(&k->x->progress, 1);
@@ -352,9 +395,11 @@ static void on_apply(compute_t *k, const wire_msg_t *m) {
     k->reduced = 0;
     atomic_fetch_add(&k->x->progress, 1);
     if (rc) {
+        atomic_store(&k->x->held_job, 0); /* half-applied: nothing to go on from */
         fail(k, m->step, "optimizer step", err[0] ? err : err_str(rc));
         return;
     }
+    atomic_store(&k->x->held_step, m->step + 1);
     reply(k, MSG_APPLIED, m->step, NULL);
 }
 
@@ -511,7 +556,10 @@ void *worker_compute_main(void *arg) {
             break;
         }
         if (m.type == MSG_JOB) on_job(&k, &m);
-        else if (m.type == MSG_RELEASE) release(&k);
+        else if (m.type == MSG_RELEASE) {
+            if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m.body, "reregister"))) on_reregister(&k);
+            else release(&k);
+        }
         else if (m.job != k.job) LOG_D("compute: dropped %s of job %llu", wire_type_name(m.type),
                                        (unsigned long long)m.job);
         else if (m.type == MSG_GENERATION || m.type == MSG_ABORT) on_generation(&k, &m);

@@ -16,12 +16,15 @@ typedef struct {
     pthread_t thread;
     backend_t *backend;
     int welcomed, worker_id, heartbeat_ms;
+    int reg_pending;                 /* asked to register again: waiting for the compute thread's held state */
     double registered_at, last_heard;
     /* shared between the threads */
     atomic_int_least64_t job;        /* running job id, 0 = none */
     atomic_int_least64_t generation; /* latest generation the coordinator announced */
     atomic_int_least64_t fence;      /* bumped on every generation change / abort / release */
     atomic_int_least64_t progress;   /* bumped by the compute thread as work advances */
+    atomic_int_least64_t held_job;   /* job whose training state the backend holds (0: none) ... */
+    atomic_int_least64_t held_step;  /* ... with every step before this one applied */
     atomic_int quit, compute_exited, compute_failed;
 } worker_ctx_t;
 

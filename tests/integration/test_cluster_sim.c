@@ -3,7 +3,7 @@
  * for another micro-batch budget; every sample exactly once per epoch in the ledger; and the failure promise:
  * kill -9 of a worker mid-step, two workers killed in one step, a worker stopped past the hang timeout and
  * continued, a local replacement joining the running job with a live member's state (and computing after it),
- * the coordinator killed and restarted, a job stopped and resumed from its checkpoint.
+ * the coordinator killed and restarted (going on from the workers' memory: no committed step computed again).
  * Run: ctest -R test_cluster_sim (needs LLAVA_BUILD_DIR, set by ctest). */
 #include <signal.h>
 #include <stdio.h>
@@ -396,11 +396,29 @@ int main(void) {
     CHECK(cluster_start(&c, "crash", 2, NULL) == 0);
     char ep[256];
     snprintf(ep, sizeof ep, "%s", c.ep);
-    job = submit(&c, make_spec("crash", 2, 60, 3000));
+    cJSON *spec = make_spec("crash", 2, 60, 3000);
+    /* no checkpoint before the end: resuming from one would recompute every step (replayed_steps > 0) */
+    cJSON_ReplaceItemInObject(cJSON_GetObjectItemCaseSensitive(spec, "checkpoint"), "every_steps",
+                              cJSON_CreateNumber(1000));
+    job = submit(&c, spec);
     CHECK(wait_step(&c, job, 7, 60) == 0);
+    double before[STEPS];
+    int committed = 0;
+    ledger_losses(&c, job, before, &committed); /* counts the committed steps (the job is mid-epoch: no check) */
     cluster_stop(&c, SIGKILL); /* its spawned workers are orphaned: they reconnect to the new coordinator */
     CHECK(cluster_start(&c, "crash", 0, ep) == 0); /* same endpoint: the orphans come back */
     check_run("coordinator killed and restarted", &c, job, 120);
+    /* the restarted coordinator went on from the workers' memory: nothing committed was computed again */
+    cJSON *st = status(&c, job);
+    const cJSON *rec = cJSON_GetObjectItemCaseSensitive(st, "job");
+    CHECKF(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rec, "resumed_in_memory")),
+           "restart: the job did not go on from the workers' memory");
+    CHECKF(wire_get_i64(rec, "replayed_steps", -1) == 0, "restart: %lld committed steps were computed again",
+           (long long)wire_get_i64(rec, "replayed_steps", -1));
+    CHECKF(wire_get_i64(rec, "start_step", -1) >= committed,
+           "restart: went on from step %lld, but %d steps were committed before the crash",
+           (long long)wire_get_i64(rec, "start_step", -1), committed);
+    cJSON_Delete(st);
     cluster_stop(&c, SIGTERM);
     sleep_ms(300); /* the workers got SHUTDOWN from the coordinator; give them a moment to exit */
     return test_finish();
