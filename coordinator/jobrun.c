@@ -321,12 +321,14 @@ static void send_checkpoint(coord_t *c, int final) {
     send_simple(c, member(c, 0), MSG_CKPT, b);
 }
 
-static int append_metrics(jobrun_t *j, const cJSON *e) {
+static int append_metrics(jobrun_t *j, const cJSON *e, char *why, size_t whylen) {
     char *line = cJSON_PrintUnformatted(e);
     if (!line) return LLAVA_ENOMEM;
     int ok = fprintf(j->metrics, "%s\n", line) > 0 && fflush(j->metrics) == 0;
+    int err = errno;
     free(line);
-    return ok ? 0 : LLAVA_EIO;
+    if (!ok) snprintf(why, whylen, "cannot append to %s/metrics.jsonl: %s", j->run_dir, strerror(err));
+    return ok ? 0 : err == ENOSPC ? LLAVA_ENOSPACE : LLAVA_EIO;
 }
 
 static void commit_step(coord_t *c) {
@@ -363,8 +365,10 @@ static void commit_step(coord_t *c) {
     int rc = state_ledger_commit(c->st, j->id, j->step, e);
     cJSON_Delete(e);
     if (rc) {
-        jobrun_finish(c, JOB_FAILED, rc == LLAVA_ENOSPACE ? "ledger write failed: no space left on device"
-                                                          : "ledger write failed");
+        char why[1300];
+        snprintf(why, sizeof why, "ledger write of step %lld to %s/state.lmdb failed: %s", (long long)j->step,
+                 state_dir(c->st), rc == LLAVA_ENOSPACE ? "no space left on device" : err_str(rc));
+        jobrun_finish(c, JOB_FAILED, why);
         return;
     }
     j->last_loss = loss;
@@ -384,10 +388,11 @@ static void commit_step(coord_t *c) {
     cJSON_AddNumberToObject(m, "workers", j->nmembers);
     cJSON_AddNumberToObject(m, "step_s", now - j->t_step_start);
     cJSON_AddNumberToObject(m, "elapsed_s", now - j->t_start);
-    rc = append_metrics(j, m);
+    char why[1300] = "out of memory";
+    rc = append_metrics(j, m, why, sizeof why);
     cJSON_Delete(m);
     if (rc) {
-        jobrun_finish(c, JOB_FAILED, "cannot append to metrics.jsonl (disk full?)");
+        jobrun_finish(c, JOB_FAILED, why);
         return;
     }
     for (int r = 0; r < j->nmembers; r++) {

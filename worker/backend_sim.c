@@ -1,6 +1,7 @@
 /* The simulated backend: no model, deterministic arithmetic whose "loss" depends on the samples AND on every
  * earlier update, so a skipped, repeated or reordered step changes later losses (what the fault-injection and
  * equivalence tests look for). Used by tests/integration/ and bench/bench_coordinator. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,12 +107,16 @@ static int sim_checkpoint(backend_t *b, const char *dir, const cJSON *trainer_st
     char path[1100];
     snprintf(path, sizeof path, "%s/sim_state.bin", dir);
     FILE *f = fopen(path, "wb");
-    if (!f || fwrite(s->params, sizeof(float), SIM_PARAMS, f) != SIM_PARAMS || fflush(f) != 0) {
-        snprintf(err, errlen, "%s: write failed", path);
-        if (f) fclose(f);
-        return LLAVA_EIO;
+    int ok = f && fwrite(s->params, sizeof(float), SIM_PARAMS, f) == SIM_PARAMS && fflush(f) == 0;
+    int e = errno;
+    if (f && fclose(f) != 0 && ok) {
+        ok = 0;
+        e = errno;
     }
-    fclose(f);
+    if (!ok) {
+        snprintf(err, errlen, "%s: write failed: %s", path, strerror(e));
+        return e == ENOSPC ? LLAVA_ENOSPACE : LLAVA_EIO;
+    }
     (void)trainer_state; /* the worker writes trainer_state.json itself */
     return 0;
 }
