@@ -25,16 +25,13 @@ int main(int argc, char **argv) {
     if (!chw || !pix || size <= 0) return 1;
     double checksum = 0, t0 = now_s();
     for (int i = 0; i < nfiles; i++) {
-        image_t img;
         char err[512];
-        if (image_load_file(argv[3 + i], 0, &img, err, sizeof err) ||
-            image_clip_preprocess_u8(&img, size, pad, chw)) {
+        if (image_clip_load_file(argv[3 + i], 0, size, pad, chw, err, sizeof err)) {
             fprintf(stderr, "bench_image: %s\n", err);
             return 1;
         }
         image_normalize_clip(chw, size, pix);
         checksum += pix[n / 2];
-        image_free(&img);
     }
     double dt = now_s() - t0;
     printf("c: %d samples, %.3f s, %.1f samples/s (checksum %.4f)\n", nfiles, dt, nfiles / dt, checksum);

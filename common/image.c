@@ -1,6 +1,7 @@
 /* JPEG/PNG decoding to RGB as Pillow does it, and the CLIP preprocessing chain (expand2square, Pillow's BICUBIC
- * resampler in fixed point, centre crop, normalisation). Tested by tests/unit/test_image.c (Pillow/transformers
- * fixtures from tests/reference/make_image_fixtures.py, truncated/corrupt/bomb inputs under ASan). */
+ * resampler in fixed point, centre crop, normalisation), also as one streaming pass from decoder rows (clip sink).
+ * Tested by tests/unit/test_image.c (Pillow/transformers fixtures from tests/reference/make_image_fixtures.py,
+ * truncated/corrupt/bomb inputs, under ASan in CI); timed by bench/bench_preprocess.py. */
 #include "common/image.h"
 
 #include <errno.h>
@@ -93,13 +94,28 @@ static inline uint8_t muldiv255(int a, int b) {
     return (uint8_t)(((t >> 8) + t) >> 8);
 }
 
-static int decode_jpeg(const uint8_t *buf, size_t len, const char *name, size_t max_pixels, image_t *out, char *err,
-                       size_t errlen) {
+/* Decoders hand rows to a sink as they come, so the CLIP pipeline can resample each row while it is in cache
+ * instead of storing the whole picture (and the padded square) first. Rows arrive in order 0..h-1. */
+typedef struct img_sink img_sink_t;
+struct img_sink {
+    int (*begin)(img_sink_t *s, int w, int h);  /* size known, before any row; may allocate and set bpp */
+    uint8_t *(*row)(img_sink_t *s, int y);      /* where row y (bpp*w bytes) is to be written */
+    int (*done)(img_sink_t *s, int y);          /* row y is complete */
+    int (*end)(img_sink_t *s);                  /* all rows delivered and the file checked to its end */
+    int bpp;                                    /* 3: RGB, 4: RGBX with X = 0 */
+};
+
+static int sink_failed(const char *name, int rc, char *err, size_t errlen) {
+    seterr(err, errlen, "%s: %s while preprocessing", name, rc == LLAVA_ENOMEM ? "out of memory" : err_str(rc));
+    return rc;
+}
+
+static int decode_jpeg(const uint8_t *buf, size_t len, const char *name, size_t max_pixels, img_sink_t *sink,
+                       char *err, size_t errlen) {
     struct jpeg_decompress_struct cinfo;
     jpeg_err_t jerr;
     /* Volatile: modified between setjmp and a possible longjmp. */
     uint8_t *volatile row = NULL;
-    uint8_t *volatile pix = NULL;
     volatile int rc = 0;
     memset(&cinfo, 0, sizeof cinfo);
     cinfo.err = jpeg_std_error(&jerr.pub);
@@ -129,42 +145,54 @@ static int decode_jpeg(const uint8_t *buf, size_t len, const char *name, size_t 
     case JCS_YCCK: cinfo.out_color_space = JCS_CMYK; ncomp = 4; break;
     default: cinfo.out_color_space = JCS_RGB; ncomp = 3; break;
     }
+    int w = (int)cinfo.image_width, h = (int)cinfo.image_height;
+    rc = sink->begin(sink, w, h);
+    if (rc) {
+        sink_failed(name, rc, err, errlen);
+        goto cleanup;
+    }
+    int bpp = sink->bpp;
+    /* libjpeg-turbo's RGBX output holds the same values as its RGB output, one byte wider. */
+    if (ncomp == 3 && bpp == 4) cinfo.out_color_space = JCS_EXT_RGBX;
     /* Pillow's decoder keeps libjpeg's defaults: JDCT_ISLOW, fancy upsampling, no scaling. */
     jpeg_start_decompress(&cinfo);
-    int w = (int)cinfo.output_width, h = (int)cinfo.output_height;
-    pix = malloc((size_t)w * (size_t)h * 3 + 1);
     row = malloc((size_t)w * (size_t)ncomp + 1);
-    if (!pix || !row) {
-        seterr(err, errlen, "%s: out of memory for %dx%d image", name, w, h);
+    if (!row) {
+        seterr(err, errlen, "%s: out of memory for a %d-pixel row", name, w);
         rc = LLAVA_ENOMEM;
         goto cleanup;
     }
     while (cinfo.output_scanline < cinfo.output_height) {
-        uint8_t *dst = pix + (size_t)cinfo.output_scanline * (size_t)w * 3;
+        int y = (int)cinfo.output_scanline;
+        uint8_t *dst = sink->row(sink, y);
         JSAMPROW rp = ncomp == 3 ? dst : row;
         jpeg_read_scanlines(&cinfo, &rp, 1);
         if (ncomp == 1) {
-            for (int x = 0; x < w; x++) dst[3 * x] = dst[3 * x + 1] = dst[3 * x + 2] = row[x];
+            for (int x = 0; x < w; x++) dst[bpp * x] = dst[bpp * x + 1] = dst[bpp * x + 2] = row[x];
         } else if (ncomp == 4) {
             for (int x = 0; x < w; x++) {
                 const uint8_t *s = row + 4 * x;
                 int nk = s[3]; /* 255 - (255 - K') */
                 for (int c = 0; c < 3; c++) {
                     int v = nk - muldiv255(255 - s[c], nk);
-                    dst[3 * x + c] = (uint8_t)(v < 0 ? 0 : v);
+                    dst[bpp * x + c] = (uint8_t)(v < 0 ? 0 : v);
                 }
             }
         }
+        if (bpp == 4 && ncomp != 3)
+            for (int x = 0; x < w; x++) dst[4 * x + 3] = 0;
+        rc = sink->done(sink, y);
+        if (rc) {
+            sink_failed(name, rc, err, errlen);
+            goto cleanup;
+        }
     }
     jpeg_finish_decompress(&cinfo);
-    out->w = w;
-    out->h = h;
-    out->rgb = pix;
-    pix = NULL;
+    rc = sink->end(sink);
+    if (rc) sink_failed(name, rc, err, errlen);
 cleanup:
     jpeg_destroy_decompress(&cinfo);
     free(row);
-    free(pix);
     return rc;
 }
 
@@ -195,14 +223,28 @@ static void png_on_warning(png_structp p, png_const_charp msg) {
     (void)msg;
 }
 
-static int decode_png(const uint8_t *buf, size_t len, const char *name, size_t max_pixels, image_t *out, char *err,
-                      size_t errlen) {
+/* One row of libpng output (after the transforms set in decode_png) to RGB (bpp 3) or RGBX (bpp 4). */
+static void png_row_to_rgb(const uint8_t *s, int w, int ch, int grey16, int bpp, uint8_t *d) {
+    for (int x = 0; x < w; x++) {
+        if (grey16) {
+            const uint8_t *q = s + 2 * (size_t)x; /* little-endian after png_set_swap */
+            d[bpp * x] = d[bpp * x + 1] = d[bpp * x + 2] = q[1] ? 255 : q[0];
+        } else if (ch == 1) {
+            d[bpp * x] = d[bpp * x + 1] = d[bpp * x + 2] = s[x];
+        } else {
+            memcpy(d + (size_t)bpp * x, s + 3 * (size_t)x, 3);
+        }
+        if (bpp == 4) d[4 * x + 3] = 0;
+    }
+}
+
+static int decode_png(const uint8_t *buf, size_t len, const char *name, size_t max_pixels, img_sink_t *sink,
+                      char *err, size_t errlen) {
     png_src_t src = {.buf = buf, .len = len, .pos = 0};
     png_structp png = NULL;
     png_infop info = NULL;
     uint8_t *volatile raw = NULL;
     png_bytep *volatile rows = NULL;
-    uint8_t *volatile pix = NULL;
     volatile int rc = 0;
     /* The size is in IHDR at a fixed offset: refuse a bomb before libpng reads further chunks. */
     if (len >= 24 && memcmp(buf + 12, "IHDR", 4) == 0) {
@@ -245,55 +287,47 @@ static int decode_png(const uint8_t *buf, size_t len, const char *name, size_t m
     if (depth == 16 && !grey16) png_set_strip_16(png);
     if (depth == 16 && grey16) png_set_swap(png); /* little-endian 16-bit samples in memory */
     if ((ct & PNG_COLOR_MASK_ALPHA) || png_get_valid(png, info, PNG_INFO_tRNS)) png_set_strip_alpha(png);
-    png_set_interlace_handling(png);
+    int passes = png_set_interlace_handling(png);
     png_read_update_info(png, info);
     size_t rowbytes = png_get_rowbytes(png, info);
     int ch = png_get_channels(png, info);
-    raw = malloc(rowbytes * h + 1);
-    rows = malloc(sizeof(png_bytep) * h);
-    pix = malloc((size_t)w * h * 3 + 1);
-    if (!raw || !rows || !pix) {
+    /* Adam7 needs every row in memory until the last pass; otherwise one row at a time. */
+    size_t nraw = passes > 1 ? h : 1;
+    raw = malloc(rowbytes * nraw + 1);
+    rows = malloc(sizeof(png_bytep) * nraw);
+    if (!raw || !rows) {
         seterr(err, errlen, "%s: out of memory for %ux%u image", name, (unsigned)w, (unsigned)h);
         rc = LLAVA_ENOMEM;
         goto cleanup;
     }
-    for (png_uint_32 y = 0; y < h; y++) rows[y] = raw + rowbytes * y;
-    png_read_image(png, rows);
-    png_read_end(png, NULL);
+    for (size_t y = 0; y < nraw; y++) rows[y] = raw + rowbytes * y;
+    rc = sink->begin(sink, (int)w, (int)h);
+    if (rc) {
+        sink_failed(name, rc, err, errlen);
+        goto cleanup;
+    }
+    if (passes > 1) png_read_image(png, rows);
     for (png_uint_32 y = 0; y < h; y++) {
-        const uint8_t *s = rows[y];
-        uint8_t *d = pix + (size_t)y * w * 3;
-        if (grey16 || ch == 1) {
-            for (png_uint_32 x = 0; x < w; x++) {
-                uint8_t v;
-                if (grey16) {
-                    const uint8_t *q = s + 2 * (size_t)x; /* ch == 1 after strip_alpha */
-                    v = q[1] ? 255 : q[0];
-                } else {
-                    v = s[x];
-                }
-                d[3 * x] = d[3 * x + 1] = d[3 * x + 2] = v;
-            }
-        } else {
-            memcpy(d, s, (size_t)w * 3);
+        if (passes == 1) png_read_row(png, rows[0], NULL);
+        png_row_to_rgb(rows[passes > 1 ? y : 0], (int)w, ch, grey16, sink->bpp, sink->row(sink, (int)y));
+        rc = sink->done(sink, (int)y);
+        if (rc) {
+            sink_failed(name, rc, err, errlen);
+            goto cleanup;
         }
     }
-    out->w = (int)w;
-    out->h = (int)h;
-    out->rgb = pix;
-    pix = NULL;
+    png_read_end(png, NULL);
+    rc = sink->end(sink);
+    if (rc) sink_failed(name, rc, err, errlen);
 cleanup:
     png_destroy_read_struct(png ? &png : NULL, info ? &info : NULL, NULL);
     free(raw);
     free(rows);
-    free(pix);
     return rc;
 }
 
-static int image_load_named(const uint8_t *buf, size_t len, const char *name, size_t max_pixels, image_t *out,
-                            char *err, size_t errlen) {
-    if (!out) return LLAVA_EINVAL;
-    memset(out, 0, sizeof *out);
+static int decode_any(const uint8_t *buf, size_t len, const char *name, size_t max_pixels, img_sink_t *sink,
+                      char *err, size_t errlen) {
     if (err && errlen) err[0] = 0;
     if (!buf || len == 0) {
         seterr(err, errlen, "%s: empty image data", name);
@@ -301,23 +335,18 @@ static int image_load_named(const uint8_t *buf, size_t len, const char *name, si
     }
     static const uint8_t PNG_SIG[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
     if (len >= 3 && buf[0] == 0xff && buf[1] == 0xd8 && buf[2] == 0xff)
-        return decode_jpeg(buf, len, name, max_pixels, out, err, errlen);
-    if (len >= 8 && memcmp(buf, PNG_SIG, 8) == 0) return decode_png(buf, len, name, max_pixels, out, err, errlen);
+        return decode_jpeg(buf, len, name, max_pixels, sink, err, errlen);
+    if (len >= 8 && memcmp(buf, PNG_SIG, 8) == 0) return decode_png(buf, len, name, max_pixels, sink, err, errlen);
     seterr(err, errlen, "%s: not a JPEG or PNG image (%zu bytes)", name, len);
     return LLAVA_EFORMAT;
 }
 
-int image_load_mem(const uint8_t *buf, size_t len, size_t max_pixels, image_t *out, char *err, size_t errlen) {
-    return image_load_named(buf, len, "<memory>", max_pixels, out, err, errlen);
-}
-
-int image_load_file(const char *path, size_t max_pixels, image_t *out, char *err, size_t errlen) {
+/* Reads a whole file; *buf is the caller's to free. */
+static int read_file(const char *path, uint8_t **buf, size_t *len, char *err, size_t errlen) {
     int rc = 0;
-    uint8_t *buf = NULL;
-    FILE *f = NULL;
-    if (!out || !path) return LLAVA_EINVAL;
-    memset(out, 0, sizeof *out);
-    f = fopen(path, "rb");
+    FILE *f = fopen(path, "rb");
+    *buf = NULL;
+    *len = 0;
     if (!f) {
         seterr(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return LLAVA_EIO;
@@ -329,20 +358,72 @@ int image_load_file(const char *path, size_t max_pixels, image_t *out, char *err
         rc = LLAVA_EIO;
         goto cleanup;
     }
-    buf = malloc((size_t)n + 1);
-    if (!buf) {
+    *buf = malloc((size_t)n + 1);
+    if (!*buf) {
         seterr(err, errlen, "%s: out of memory reading %ld bytes", path, n);
         rc = LLAVA_ENOMEM;
         goto cleanup;
     }
-    if (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+    if (n > 0 && fread(*buf, 1, (size_t)n, f) != (size_t)n) {
         seterr(err, errlen, "%s: short read", path);
         rc = LLAVA_EIO;
         goto cleanup;
     }
-    rc = image_load_named(buf, (size_t)n, path, max_pixels, out, err, errlen);
+    *len = (size_t)n;
 cleanup:
-    if (f) fclose(f);
+    if (rc) {
+        free(*buf);
+        *buf = NULL;
+    }
+    fclose(f);
+    return rc;
+}
+
+/* The sink that keeps the whole image. */
+typedef struct {
+    img_sink_t base;
+    image_t *img;
+} full_sink_t;
+
+static int full_begin(img_sink_t *s, int w, int h) { return image_alloc(((full_sink_t *)s)->img, w, h); }
+
+static uint8_t *full_row(img_sink_t *s, int y) {
+    image_t *img = ((full_sink_t *)s)->img;
+    return img->rgb + (size_t)y * img->w * 3;
+}
+
+static int full_done(img_sink_t *s, int y) {
+    (void)s;
+    (void)y;
+    return 0;
+}
+
+static int full_end(img_sink_t *s) {
+    (void)s;
+    return 0;
+}
+
+static int image_load_named(const uint8_t *buf, size_t len, const char *name, size_t max_pixels, image_t *out,
+                            char *err, size_t errlen) {
+    if (!out) return LLAVA_EINVAL;
+    memset(out, 0, sizeof *out);
+    full_sink_t sink = {{full_begin, full_row, full_done, full_end, 3}, out};
+    int rc = decode_any(buf, len, name, max_pixels, &sink.base, err, errlen);
+    if (rc) image_free(out);
+    return rc;
+}
+
+int image_load_mem(const uint8_t *buf, size_t len, size_t max_pixels, image_t *out, char *err, size_t errlen) {
+    return image_load_named(buf, len, "<memory>", max_pixels, out, err, errlen);
+}
+
+int image_load_file(const char *path, size_t max_pixels, image_t *out, char *err, size_t errlen) {
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    if (!out || !path) return LLAVA_EINVAL;
+    memset(out, 0, sizeof *out);
+    int rc = read_file(path, &buf, &n, err, errlen);
+    if (rc == 0) rc = image_load_named(buf, n, path, max_pixels, out, err, errlen);
     free(buf);
     return rc;
 }
@@ -555,37 +636,325 @@ void image_clip_resize_dims(int w, int h, int size, int *out_w, int *out_h) {
     }
 }
 
+/* Fast kernels for the streaming path. They compute exactly what resample_h/resample_v compute (the same int32
+ * products and sums: no sum can overflow, so the order of additions does not matter), laid out so that the compiler
+ * vectorises them; target_clones adds an AVX2 build chosen at load time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define KERNEL_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define KERNEL_CLONES
+#endif
+
+/* Horizontal pass of one RGBX row into RGBX dst (cw pixels): per output column its first tap (a pixel index of row)
+ * and tap count in bounds, and ks2 (even) taps of 4 equal int32 weights in k4, zero past its taps. The AVX2 version
+ * takes two taps (8 lanes) per step and reads one pixel past a column's last tap when its tap count is odd (weight
+ * 0), so row needs one readable pixel past the last one used. */
+static void hpass_rgbx_scalar(const uint8_t *restrict row, int cw, int ks2, const int *restrict bounds,
+                              const int32_t *restrict k4, uint8_t *restrict dst) {
+    for (int ox = 0; ox < cw; ox++) {
+        const uint8_t *p = row + (size_t)bounds[2 * ox] * 4;
+        const int32_t *k = k4 + (size_t)ox * ks2 * 4;
+        int n = bounds[2 * ox + 1];
+        int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
+        for (int t = 0; t < n; t++) {
+            s0 += p[4 * t] * k[4 * t];
+            s1 += p[4 * t + 1] * k[4 * t];
+            s2 += p[4 * t + 2] * k[4 * t];
+        }
+        dst[4 * ox] = clip8(s0);
+        dst[4 * ox + 1] = clip8(s1);
+        dst[4 * ox + 2] = clip8(s2);
+        dst[4 * ox + 3] = 0;
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_HPASS_AVX2 1
+
+__attribute__((target("avx2"))) static void hpass_rgbx_avx2(const uint8_t *restrict row, int cw, int ks2,
+                                                            const int *restrict bounds,
+                                                            const int32_t *restrict k4, uint8_t *restrict dst) {
+    const int h = 1 << (PRECISION_BITS - 1);
+    const __m256i init = _mm256_setr_epi32(h, h, h, 0, 0, 0, 0, 0);
+    for (int ox = 0; ox < cw; ox++) {
+        const uint8_t *p = row + (size_t)bounds[2 * ox] * 4;
+        const int32_t *k = k4 + (size_t)ox * ks2 * 4;
+        int n = bounds[2 * ox + 1];
+        __m256i acc = init;
+        for (int t = 0; t < n; t += 2) {
+            __m256i px = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p + 4 * t)));
+            __m256i kv = _mm256_loadu_si256((const __m256i *)(const void *)(k + 4 * t));
+            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(px, kv));
+        }
+        __m128i r = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+        r = _mm_srai_epi32(r, PRECISION_BITS);
+        r = _mm_packus_epi16(_mm_packs_epi32(r, r), r); /* clamp to 0..255 as clip8 */
+        uint32_t v = (uint32_t)_mm_cvtsi128_si32(r) & 0x00ffffffu;
+        memcpy(dst + 4 * (size_t)ox, &v, 4);
+    }
+}
+#endif
+
+static void hpass_rgbx(const uint8_t *restrict row, int cw, int ks2, const int *restrict bounds,
+                       const int32_t *restrict k4, uint8_t *restrict dst) {
+#ifdef HAVE_HPASS_AVX2
+    if (__builtin_cpu_supports("avx2")) {
+        hpass_rgbx_avx2(row, cw, ks2, bounds, k4, dst);
+        return;
+    }
+#endif
+    hpass_rgbx_scalar(row, cw, ks2, bounds, k4, dst);
+}
+
+/* Vertical pass of RGBX rows into channel-major output: rows [y0, y0+ch) of cw pixels from src (cw wide; its row 0
+ * is source row yoff); out_chw planes are np bytes apart. acc holds 4*cw int32. */
+KERNEL_CLONES
+static void vpass_rgbx_chw(const uint8_t *restrict src, int cw, int yoff, int y0, int ch, int ksize,
+                           const int *restrict bounds, const int32_t *restrict kk, int32_t *restrict acc,
+                           uint8_t *restrict out_chw, size_t np) {
+    size_t n4 = (size_t)cw * 4;
+    for (int oy = 0; oy < ch; oy++) {
+        int yy = oy + y0, n = bounds[2 * yy + 1];
+        const uint8_t *s = src + (size_t)(bounds[2 * yy] - yoff) * n4;
+        const int32_t *k = kk + (size_t)yy * ksize;
+        for (size_t i = 0; i < n4; i++) acc[i] = 1 << (PRECISION_BITS - 1);
+        for (int y = 0; y < n; y++, s += n4) {
+            int32_t ky = k[y];
+            for (size_t i = 0; i < n4; i++) acc[i] += s[i] * ky;
+        }
+        uint8_t *d = out_chw + (size_t)oy * cw;
+        for (int x = 0; x < cw; x++) {
+            d[x] = clip8(acc[4 * x]);
+            d[np + x] = clip8(acc[4 * x + 1]);
+            d[2 * np + x] = clip8(acc[4 * x + 2]);
+        }
+    }
+}
+
+/* The sink that preprocesses while decoding: each decoded row is placed in a padded "virtual" row (LLaVA's
+ * expand2square canvas, never stored whole) and, if the crop window needs it, resampled horizontally at once; the
+ * vertical pass runs at the end. When Pillow would run the vertical pass first (non-padded images taller than about
+ * 2:1), the picture is kept whole and resize_window does the work. */
+typedef struct {
+    img_sink_t base;
+    int size, pad;
+    uint8_t *out_chw;
+    int w, h, vw, vh, ox, oy; /* decoded size, virtual (padded) size, image offset in it */
+    int rw, rh, x0, y0;        /* resized size, crop window origin */
+    int need_h, need_v;
+    image_t full;              /* whole picture, vertical-first case only */
+    uint8_t *vrow;             /* (vw + 1, 4) the current virtual row, RGBX, background in the margins */
+    int xfirst, xlast, yfirst, ylast, ksh, ks2, ksv;
+    int *bh, *bh_win, *bv;     /* bh_win: the window's bounds, first tap relative to xfirst */
+    int32_t *kh, *kh4, *kv, *acc;
+    uint8_t *tmp;              /* (ylast - yfirst, size, 4) horizontally resampled rows, RGBX */
+    int *have;                 /* (ylast - yfirst) row filled */
+} clip_sink_t;
+
+static const uint8_t CLIP_BG[4] = {122, 116, 104, 0}; /* int(255 * CLIP mean) */
+
+static void clip_sink_free(clip_sink_t *c) {
+    image_free(&c->full);
+    free(c->vrow);
+    free(c->bh);
+    free(c->bh_win);
+    free(c->bv);
+    free(c->kh);
+    free(c->kh4);
+    free(c->kv);
+    free(c->acc);
+    free(c->tmp);
+    free(c->have);
+}
+
+static int clip_begin(img_sink_t *s, int w, int h) {
+    clip_sink_t *c = (clip_sink_t *)s;
+    int S = c->size;
+    c->w = w;
+    c->h = h;
+    c->vw = c->vh = w > h ? w : h;
+    if (!c->pad || w == h) {
+        c->vw = w;
+        c->vh = h;
+    }
+    c->ox = (c->vw - w) / 2;
+    c->oy = (c->vh - h) / 2;
+    image_clip_resize_dims(c->vw, c->vh, S, &c->rw, &c->rh);
+    if (c->rw < S || c->rh < S) return LLAVA_EINVAL;
+    c->x0 = (c->rw - S) / 2;
+    c->y0 = (c->rh - S) / 2;
+    c->need_h = c->rw != c->vw;
+    c->need_v = c->rh != c->vh;
+    if (c->need_h && c->need_v && resize_vertical_first(c->vw, c->vh, c->rw, c->rh)) {
+        c->base.bpp = 3;
+        return c->vw == w && c->vh == h ? image_alloc(&c->full, w, h) : LLAVA_EINVAL;
+    }
+    c->base.bpp = 4;
+    if (c->need_h) {
+        c->ksh = resample_coeffs(c->vw, c->rw, &c->bh, &c->kh);
+        if (c->ksh < 0) return LLAVA_ENOMEM;
+        c->xfirst = c->bh[2 * c->x0];
+        c->xlast = c->bh[2 * (c->x0 + S - 1)] + c->bh[2 * (c->x0 + S - 1) + 1];
+        c->ks2 = (c->ksh + 1) & ~1;
+        c->kh4 = calloc((size_t)S * c->ks2 * 4, sizeof(int32_t));
+        c->bh_win = malloc(sizeof(int) * 2 * (size_t)S);
+        if (!c->kh4 || !c->bh_win) return LLAVA_ENOMEM;
+        for (int ox = 0; ox < S; ox++) {
+            int xx = ox + c->x0;
+            c->bh_win[2 * ox] = c->bh[2 * xx] - c->xfirst;
+            c->bh_win[2 * ox + 1] = c->bh[2 * xx + 1];
+            for (int t = 0; t < c->bh[2 * xx + 1]; t++)
+                for (int j = 0; j < 4; j++) c->kh4[((size_t)ox * c->ks2 + t) * 4 + j] = c->kh[(size_t)xx * c->ksh + t];
+        }
+    }
+    if (c->need_v) {
+        c->ksv = resample_coeffs(c->vh, c->rh, &c->bv, &c->kv);
+        if (c->ksv < 0) return LLAVA_ENOMEM;
+        c->yfirst = c->bv[2 * c->y0];
+        c->ylast = c->bv[2 * (c->y0 + S - 1)] + c->bv[2 * (c->y0 + S - 1) + 1];
+        c->acc = malloc(sizeof(int32_t) * 4 * (size_t)S);
+        if (!c->acc) return LLAVA_ENOMEM;
+    } else {
+        c->yfirst = c->y0;
+        c->ylast = c->y0 + S;
+    }
+    c->vrow = calloc((size_t)c->vw + 1, 4);
+    c->tmp = malloc((size_t)(c->ylast - c->yfirst) * S * 4 + 1);
+    c->have = calloc((size_t)(c->ylast - c->yfirst), sizeof(int));
+    if (!c->vrow || !c->tmp || !c->have) return LLAVA_ENOMEM;
+    for (int x = 0; x < c->vw; x++) memcpy(c->vrow + 4 * x, CLIP_BG, 4);
+    return 0;
+}
+
+static uint8_t *clip_row(img_sink_t *s, int y) {
+    clip_sink_t *c = (clip_sink_t *)s;
+    if (c->full.rgb) return c->full.rgb + (size_t)y * c->w * 3;
+    return c->vrow + (size_t)c->ox * 4;
+}
+
+/* Horizontal pass (or the window's columns) of the current virtual row into tmp row vy - yfirst. */
+static void clip_hrow(clip_sink_t *c, int vy) {
+    uint8_t *d = c->tmp + (size_t)(vy - c->yfirst) * c->size * 4;
+    if (c->need_h)
+        hpass_rgbx(c->vrow + (size_t)c->xfirst * 4, c->size, c->ks2, c->bh_win, c->kh4, d);
+    else
+        memcpy(d, c->vrow + (size_t)c->x0 * 4, (size_t)c->size * 4);
+    c->have[vy - c->yfirst] = 1;
+}
+
+static int clip_done(img_sink_t *s, int y) {
+    clip_sink_t *c = (clip_sink_t *)s;
+    int vy = y + c->oy;
+    if (!c->full.rgb && vy >= c->yfirst && vy < c->ylast) clip_hrow(c, vy);
+    return 0;
+}
+
+static int clip_end(img_sink_t *s) {
+    clip_sink_t *c = (clip_sink_t *)s;
+    int S = c->size;
+    size_t np = (size_t)S * S;
+    if (c->full.rgb) return image_clip_preprocess_u8(&c->full, S, 0, c->out_chw);
+    /* rows of the padding band: the background row's horizontal pass, computed once */
+    int bg_row = -1;
+    for (int vy = c->yfirst; vy < c->ylast; vy++) {
+        if (c->have[vy - c->yfirst]) continue;
+        if (bg_row < 0) {
+            for (int x = 0; x < c->vw; x++) memcpy(c->vrow + 4 * x, CLIP_BG, 4);
+            clip_hrow(c, vy);
+            bg_row = vy;
+        } else {
+            memcpy(c->tmp + (size_t)(vy - c->yfirst) * S * 4, c->tmp + (size_t)(bg_row - c->yfirst) * S * 4,
+                   (size_t)S * 4);
+        }
+    }
+    if (c->need_v) {
+        vpass_rgbx_chw(c->tmp, S, c->yfirst, c->y0, S, c->ksv, c->bv, c->kv, c->acc, c->out_chw, np);
+    } else {
+        for (size_t i = 0; i < np; i++) {
+            c->out_chw[i] = c->tmp[4 * i];
+            c->out_chw[np + i] = c->tmp[4 * i + 1];
+            c->out_chw[2 * np + i] = c->tmp[4 * i + 2];
+        }
+    }
+    return 0;
+}
+
+static void clip_sink_init(clip_sink_t *c, int size, int pad, uint8_t *out_chw) {
+    memset(c, 0, sizeof *c);
+    c->base = (img_sink_t){clip_begin, clip_row, clip_done, clip_end, 4};
+    c->size = size;
+    c->pad = pad;
+    c->out_chw = out_chw;
+}
+
 int image_clip_preprocess_u8(const image_t *in, int size, int pad, uint8_t *out_chw) {
-    static const uint8_t BG[3] = {122, 116, 104}; /* int(255 * CLIP mean) */
+    if (!in || !in->rgb || in->w <= 0 || in->h <= 0 || size <= 0 || !out_chw) return LLAVA_EINVAL;
     int rc = 0;
-    image_t sq = {0}, cr = {0};
-    const image_t *cur = in;
-    if (!in || !in->rgb || size <= 0 || !out_chw) return LLAVA_EINVAL;
-    if (pad && in->w != in->h) {
-        RC_CHECK_GOTO(image_pad_square(in, BG, &sq));
-        cur = &sq;
+    image_t cr = {0};
+    /* The vertical-first case: resize_window on the picture (never padded: a square never takes that order). */
+    int vw = pad ? (in->w > in->h ? in->w : in->h) : in->w, vh = pad ? vw : in->h, rw, rh;
+    image_clip_resize_dims(vw, vh, size, &rw, &rh);
+    if (rw != vw && rh != vh && resize_vertical_first(vw, vh, rw, rh)) {
+        size_t np = (size_t)size * size;
+        RC_CHECK_GOTO(resize_window(in, rw, rh, (rw - size) / 2, (rh - size) / 2, size, size, &cr));
+        for (size_t i = 0; i < np; i++) {
+            out_chw[i] = cr.rgb[3 * i];
+            out_chw[np + i] = cr.rgb[3 * i + 1];
+            out_chw[2 * np + i] = cr.rgb[3 * i + 2];
+        }
+        goto cleanup;
     }
-    int rw, rh;
-    image_clip_resize_dims(cur->w, cur->h, size, &rw, &rh);
-    /* transformers' center_crop offsets, computed inside the resize so cropped-away pixels are never made */
-    RC_CHECK_GOTO(resize_window(cur, rw, rh, (rw - size) / 2, (rh - size) / 2, size, size, &cr));
-    size_t np = (size_t)size * size;
-    for (size_t i = 0; i < np; i++) {
-        out_chw[i] = cr.rgb[3 * i];
-        out_chw[np + i] = cr.rgb[3 * i + 1];
-        out_chw[2 * np + i] = cr.rgb[3 * i + 2];
+    clip_sink_t c;
+    clip_sink_init(&c, size, pad, out_chw);
+    rc = clip_begin(&c.base, in->w, in->h);
+    for (int y = 0; rc == 0 && y < in->h; y++) {
+        uint8_t *d = clip_row(&c.base, y);
+        const uint8_t *src = in->rgb + (size_t)y * in->w * 3;
+        for (int x = 0; x < in->w; x++) memcpy(d + 4 * x, src + 3 * x, 3); /* X stays 0 */
+        rc = clip_done(&c.base, y);
     }
+    if (rc == 0) rc = clip_end(&c.base);
+    clip_sink_free(&c);
 cleanup:
-    image_free(&sq);
     image_free(&cr);
+    return rc;
+}
+
+int image_clip_load_mem(const uint8_t *buf, size_t len, size_t max_pixels, int size, int pad, uint8_t *out_chw,
+                        char *err, size_t errlen) {
+    if (size <= 0 || !out_chw) return LLAVA_EINVAL;
+    clip_sink_t c;
+    clip_sink_init(&c, size, pad, out_chw);
+    int rc = decode_any(buf, len, "<memory>", max_pixels, &c.base, err, errlen);
+    clip_sink_free(&c);
+    return rc;
+}
+
+int image_clip_load_file(const char *path, size_t max_pixels, int size, int pad, uint8_t *out_chw, char *err,
+                         size_t errlen) {
+    uint8_t *buf = NULL;
+    size_t n = 0;
+    if (!path || size <= 0 || !out_chw) return LLAVA_EINVAL;
+    int rc = read_file(path, &buf, &n, err, errlen);
+    if (rc == 0) {
+        clip_sink_t c;
+        clip_sink_init(&c, size, pad, out_chw);
+        rc = decode_any(buf, n, path, max_pixels, &c.base, err, errlen);
+        clip_sink_free(&c);
+    }
+    free(buf);
     return rc;
 }
 
 void image_normalize_clip(const uint8_t *chw, int size, float *out) {
     size_t np = (size_t)size * size;
-    for (int c = 0; c < 3; c++)
-        for (size_t i = 0; i < np; i++) {
-            float x = (float)((double)chw[c * np + i] * (1.0 / 255.0));
-            out[c * np + i] = (x - CLIP_MEAN[c]) / CLIP_STD[c];
-        }
+    for (int c = 0; c < 3; c++) {
+        /* 256 values, computed as transformers does (x * (1/255) in double, to float, then (x - mean) / std) */
+        float lut[256];
+        for (int v = 0; v < 256; v++) lut[v] = ((float)((double)v * (1.0 / 255.0)) - CLIP_MEAN[c]) / CLIP_STD[c];
+        const uint8_t *s = chw + c * np;
+        float *d = out + c * np;
+        for (size_t i = 0; i < np; i++) d[i] = lut[s[i]];
+    }
 }

@@ -54,6 +54,14 @@ void image_clip_resize_dims(int w, int h, int size, int *out_w, int *out_h);
  *  (BICUBIC) -> centre crop size x size; out_chw holds 3*size*size bytes, channel-major. */
 int image_clip_preprocess_u8(const image_t *in, int size, int pad, uint8_t *out_chw);
 
+/** Decode + image_clip_preprocess_u8 in one pass, without storing the picture or the padded square: each decoded
+ *  row is resampled horizontally while in cache (bit-identical to image_load_file + image_clip_preprocess_u8).
+ *  Errors and messages as image_load_file/image_load_mem. */
+int image_clip_load_file(const char *path, size_t max_pixels, int size, int pad, uint8_t *out_chw, char *err,
+                         size_t errlen);
+int image_clip_load_mem(const uint8_t *buf, size_t len, size_t max_pixels, int size, int pad, uint8_t *out_chw,
+                        char *err, size_t errlen);
+
 /** (x/255 - mean)/std with OpenAI CLIP mean/std, in float32 as transformers computes it; n = 3*size*size. */
 void image_normalize_clip(const uint8_t *chw, int size, float *out);
 

@@ -101,15 +101,9 @@ static int load_image(const char *dir, const char *rel, int size, int pad, long 
         snprintf(err, errlen, "image path too long");
         return LLAVA_EINVAL;
     }
-    image_t im;
-    memset(&im, 0, sizeof im);
     char why[512] = "";
-    int rc = image_load_file(path, (size_t)max_pixels, &im, why, sizeof why);
-    if (rc == 0) {
-        rc = image_clip_preprocess_u8(&im, size, pad, chw);
-        if (rc) snprintf(why, sizeof why, "preprocessing failed");
-    }
-    image_free(&im);
+    /* decode and preprocess in one streaming pass (same bytes as image_load_file + image_clip_preprocess_u8) */
+    int rc = image_clip_load_file(path, (size_t)max_pixels, size, pad, chw, why, sizeof why);
     if (rc) snprintf(err, errlen, "%s", why[0] ? why : err_str(rc)); /* why names the file */
     return rc;
 }

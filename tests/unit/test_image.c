@@ -53,6 +53,10 @@ static void test_fixtures(void) {
         uint8_t *want = read_all(path, &en);
         CHECK(got && f && want && en == n);
         if (got && f && want && en == n) {
+            /* the streaming decode + preprocess must give the same bytes as decode, then preprocess */
+            snprintf(path, sizeof path, FIX "%s", name);
+            CHECK_RC(image_clip_load_file(path, 0, size, pad, got, err, sizeof err), 0);
+            CHECKF(memcmp(got, want, n) == 0, "%s S=%d pad=%d: image_clip_load_file differs", name, size, pad);
             CHECK_RC(image_clip_preprocess_u8(&img, size, pad, got), 0);
             int maxd = 0;
             long nd = 0;
@@ -101,6 +105,11 @@ static void expect_fail(const uint8_t *buf, size_t len, size_t maxpix, int want,
     CHECKF(rc == want, "%s: rc %d (%s), want %d; err '%s'", what, rc, err_str(rc), want, err);
     CHECKF(err[0] != 0, "%s: no message", what);
     CHECK(img.rgb == NULL && img.w == 0);
+    uint8_t chw[3 * 32 * 32];
+    err[0] = 0;
+    rc = image_clip_load_mem(buf, len, maxpix, 32, 1, chw, err, sizeof err);
+    CHECKF(rc == want, "%s (streaming): rc %d (%s), want %d; err '%s'", what, rc, err_str(rc), want, err);
+    CHECKF(err[0] != 0, "%s (streaming): no message", what);
 }
 
 static void test_truncated(const char *file) {
@@ -122,6 +131,9 @@ static void test_truncated(const char *file) {
         CHECKF(rc == LLAVA_EFORMAT, "%s cut at %zu: rc %d", file, cuts[i], rc);
         CHECK(err[0] != 0);
         image_free(&img);
+        uint8_t chw[3 * 48 * 48];
+        rc = image_clip_load_mem(c, cuts[i], 0, 48, (int)(i & 1), chw, err, sizeof err);
+        CHECKF(rc == LLAVA_EFORMAT, "%s cut at %zu (streaming): rc %d", file, cuts[i], rc);
         free(c);
     }
     /* Flipped bytes in the data: an error or a decoded image, never a crash. */
@@ -133,6 +145,8 @@ static void test_truncated(const char *file) {
         char err[512];
         (void)image_load_mem(c, n, 0, &img, err, sizeof err);
         image_free(&img);
+        uint8_t chw[3 * 32 * 32];
+        (void)image_clip_load_mem(c, n, 0, 32, 1, chw, err, sizeof err);
         free(c);
     }
     free(b);
@@ -174,6 +188,8 @@ static void test_bad_inputs(void) {
     char err[512] = "";
     CHECK_RC(image_load_file("fixtures/image/does-not-exist.png", 0, &img, err, sizeof err), LLAVA_EIO);
     CHECK(strstr(err, "does-not-exist.png") != NULL);
+    uint8_t chw[3 * 32 * 32];
+    CHECK_RC(image_clip_load_file("fixtures/image/does-not-exist.png", 0, 32, 0, chw, err, sizeof err), LLAVA_EIO);
     char empty[400];
     snprintf(empty, sizeof empty, "%s/empty.jpg", test_tmpdir());
     FILE *f = fopen(empty, "wb");
