@@ -637,14 +637,8 @@ void image_clip_resize_dims(int w, int h, int size, int *out_w, int *out_h) {
 }
 
 /* Fast kernels for the streaming path. They compute exactly what resample_h/resample_v compute (the same int32
- * products and sums: no sum can overflow, so the order of additions does not matter), laid out so that the compiler
- * vectorises them; target_clones adds an AVX2 build chosen at load time. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define KERNEL_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define KERNEL_CLONES
-#endif
-
+ * products and sums: no partial sum can overflow, so the order of additions does not matter); AVX2 versions are
+ * chosen at run time when the CPU has it, scalar ones otherwise. */
 /* Horizontal pass of one RGBX row into RGBX dst (cw pixels): per output column its first tap (a pixel index of row)
  * and tap count in bounds, and ks2 (even) taps of 4 equal int32 weights in k4, zero past its taps. The AVX2 version
  * takes two taps (8 lanes) per step and reads one pixel past a column's last tap when its tap count is odd (weight
@@ -672,34 +666,46 @@ static void hpass_rgbx_scalar(const uint8_t *restrict row, int cw, int ks2, cons
 #include <immintrin.h>
 #define HAVE_HPASS_AVX2 1
 
+/* Two output pixels per step share the reduction; X lanes are 0 (X bytes are 0, so are their products). */
+__attribute__((target("avx2"))) static __m256i hpass_acc_avx2(const uint8_t *p, const int32_t *k, int n) {
+    const int h = 1 << (PRECISION_BITS - 1);
+    __m256i acc = _mm256_setr_epi32(h, h, h, 0, 0, 0, 0, 0);
+    for (int t = 0; t < n; t += 2) {
+        __m256i px = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p + 4 * t)));
+        __m256i kv = _mm256_loadu_si256((const __m256i *)(const void *)(k + 4 * t));
+        acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(px, kv));
+    }
+    return acc;
+}
+
 __attribute__((target("avx2"))) static void hpass_rgbx_avx2(const uint8_t *restrict row, int cw, int ks2,
                                                             const int *restrict bounds,
                                                             const int32_t *restrict k4, uint8_t *restrict dst) {
-    const int h = 1 << (PRECISION_BITS - 1);
-    const __m256i init = _mm256_setr_epi32(h, h, h, 0, 0, 0, 0, 0);
-    for (int ox = 0; ox < cw; ox++) {
-        const uint8_t *p = row + (size_t)bounds[2 * ox] * 4;
-        const int32_t *k = k4 + (size_t)ox * ks2 * 4;
-        int n = bounds[2 * ox + 1];
-        __m256i acc = init;
-        for (int t = 0; t < n; t += 2) {
-            __m256i px = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p + 4 * t)));
-            __m256i kv = _mm256_loadu_si256((const __m256i *)(const void *)(k + 4 * t));
-            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(px, kv));
-        }
-        __m128i r = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-        r = _mm_srai_epi32(r, PRECISION_BITS);
-        r = _mm_packus_epi16(_mm_packs_epi32(r, r), r); /* clamp to 0..255 as clip8 */
-        uint32_t v = (uint32_t)_mm_cvtsi128_si32(r) & 0x00ffffffu;
+    int ox = 0;
+    for (; ox + 2 <= cw; ox += 2) {
+        __m256i a0 = hpass_acc_avx2(row + (size_t)bounds[2 * ox] * 4, k4 + (size_t)ox * ks2 * 4, bounds[2 * ox + 1]);
+        __m256i a1 = hpass_acc_avx2(row + (size_t)bounds[2 * ox + 2] * 4, k4 + (size_t)(ox + 1) * ks2 * 4,
+                                    bounds[2 * ox + 3]);
+        __m256i r = _mm256_add_epi32(_mm256_permute2x128_si256(a0, a1, 0x20), _mm256_permute2x128_si256(a0, a1, 0x31));
+        r = _mm256_srai_epi32(r, PRECISION_BITS);
+        __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+        _mm_storel_epi64((__m128i *)(void *)(dst + 4 * (size_t)ox), _mm_packus_epi16(w, w)); /* clip8 */
+    }
+    for (; ox < cw; ox++) {
+        __m256i a = hpass_acc_avx2(row + (size_t)bounds[2 * ox] * 4, k4 + (size_t)ox * ks2 * 4, bounds[2 * ox + 1]);
+        __m128i r = _mm_srai_epi32(_mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1)),
+                                   PRECISION_BITS);
+        r = _mm_packus_epi16(_mm_packs_epi32(r, r), r);
+        uint32_t v = (uint32_t)_mm_cvtsi128_si32(r);
         memcpy(dst + 4 * (size_t)ox, &v, 4);
     }
 }
 #endif
 
-static void hpass_rgbx(const uint8_t *restrict row, int cw, int ks2, const int *restrict bounds,
+static void hpass_rgbx(int simd, const uint8_t *restrict row, int cw, int ks2, const int *restrict bounds,
                        const int32_t *restrict k4, uint8_t *restrict dst) {
 #ifdef HAVE_HPASS_AVX2
-    if (__builtin_cpu_supports("avx2")) {
+    if (simd) {
         hpass_rgbx_avx2(row, cw, ks2, bounds, k4, dst);
         return;
     }
@@ -707,27 +713,70 @@ static void hpass_rgbx(const uint8_t *restrict row, int cw, int ks2, const int *
     hpass_rgbx_scalar(row, cw, ks2, bounds, k4, dst);
 }
 
+/* One output row of the vertical pass over RGBX rows: n4 bytes from each of n source rows n4 apart, weights k,
+ * into the clipped RGBX row dst. */
+static void vrow_scalar(const uint8_t *restrict src, size_t n4, int n, const int32_t *restrict k,
+                        uint8_t *restrict dst) {
+    for (size_t i = 0; i < n4; i++) {
+        int32_t acc = 1 << (PRECISION_BITS - 1);
+        for (int y = 0; y < n; y++) acc += src[(size_t)y * n4 + i] * k[y];
+        dst[i] = clip8(acc);
+    }
+}
+
+#ifdef HAVE_HPASS_AVX2
+/* 32 bytes (4 x 8 lanes) at a time with the accumulators in registers across the taps. */
+__attribute__((target("avx2"))) static void vrow_avx2(const uint8_t *restrict src, size_t n4, int n,
+                                                      const int32_t *restrict k, uint8_t *restrict dst) {
+    const __m256i init = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    size_t i = 0;
+    for (; i + 32 <= n4; i += 32) {
+        __m256i a0 = init, a1 = init, a2 = init, a3 = init;
+        const uint8_t *p = src + i;
+        for (int y = 0; y < n; y++, p += n4) {
+            __m256i kv = _mm256_set1_epi32(k[y]);
+            a0 = _mm256_add_epi32(a0, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p)), kv));
+            a1 = _mm256_add_epi32(a1, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p + 8))), kv));
+            a2 = _mm256_add_epi32(a2, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p + 16))), kv));
+            a3 = _mm256_add_epi32(a3, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p + 24))), kv));
+        }
+        /* >> PRECISION_BITS, saturate to int16 then uint8 (= clip8), undo the packs' 128-bit lane interleave */
+        __m256i w01 = _mm256_packs_epi32(_mm256_srai_epi32(a0, PRECISION_BITS), _mm256_srai_epi32(a1, PRECISION_BITS));
+        __m256i w23 = _mm256_packs_epi32(_mm256_srai_epi32(a2, PRECISION_BITS), _mm256_srai_epi32(a3, PRECISION_BITS));
+        __m256i b = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w01, w23), order);
+        _mm256_storeu_si256((__m256i *)(void *)(dst + i), b);
+    }
+    if (i < n4) vrow_scalar(src + i, n4, n, k, dst + i);
+}
+#endif
+
 /* Vertical pass of RGBX rows into channel-major output: rows [y0, y0+ch) of cw pixels from src (cw wide; its row 0
- * is source row yoff); out_chw planes are np bytes apart. acc holds 4*cw int32. */
-KERNEL_CLONES
-static void vpass_rgbx_chw(const uint8_t *restrict src, int cw, int yoff, int y0, int ch, int ksize,
-                           const int *restrict bounds, const int32_t *restrict kk, int32_t *restrict acc,
+ * is source row yoff); out_chw planes are np bytes apart. line holds 4*cw bytes. */
+static void vpass_rgbx_chw(int simd, const uint8_t *restrict src, int cw, int yoff, int y0, int ch, int ksize,
+                           const int *restrict bounds, const int32_t *restrict kk, uint8_t *restrict line,
                            uint8_t *restrict out_chw, size_t np) {
     size_t n4 = (size_t)cw * 4;
+#ifdef HAVE_HPASS_AVX2
+    int avx2 = simd;
+#else
+    (void)simd;
+#endif
     for (int oy = 0; oy < ch; oy++) {
         int yy = oy + y0, n = bounds[2 * yy + 1];
         const uint8_t *s = src + (size_t)(bounds[2 * yy] - yoff) * n4;
         const int32_t *k = kk + (size_t)yy * ksize;
-        for (size_t i = 0; i < n4; i++) acc[i] = 1 << (PRECISION_BITS - 1);
-        for (int y = 0; y < n; y++, s += n4) {
-            int32_t ky = k[y];
-            for (size_t i = 0; i < n4; i++) acc[i] += s[i] * ky;
-        }
+#ifdef HAVE_HPASS_AVX2
+        if (avx2)
+            vrow_avx2(s, n4, n, k, line);
+        else
+#endif
+            vrow_scalar(s, n4, n, k, line);
         uint8_t *d = out_chw + (size_t)oy * cw;
         for (int x = 0; x < cw; x++) {
-            d[x] = clip8(acc[4 * x]);
-            d[np + x] = clip8(acc[4 * x + 1]);
-            d[2 * np + x] = clip8(acc[4 * x + 2]);
+            d[x] = line[4 * x];
+            d[np + x] = line[4 * x + 1];
+            d[2 * np + x] = line[4 * x + 2];
         }
     }
 }
@@ -743,11 +792,13 @@ typedef struct {
     int w, h, vw, vh, ox, oy; /* decoded size, virtual (padded) size, image offset in it */
     int rw, rh, x0, y0;        /* resized size, crop window origin */
     int need_h, need_v;
+    int simd;                  /* use the AVX2 kernels (CPU has AVX2 and LLAVA_NO_SIMD unset) */
     image_t full;              /* whole picture, vertical-first case only */
     uint8_t *vrow;             /* (vw + 1, 4) the current virtual row, RGBX, background in the margins */
     int xfirst, xlast, yfirst, ylast, ksh, ks2, ksv;
     int *bh, *bh_win, *bv;     /* bh_win: the window's bounds, first tap relative to xfirst */
-    int32_t *kh, *kh4, *kv, *acc;
+    int32_t *kh, *kh4, *kv;
+    uint8_t *line;             /* (size, 4) one vertically resampled row */
     uint8_t *tmp;              /* (ylast - yfirst, size, 4) horizontally resampled rows, RGBX */
     int *have;                 /* (ylast - yfirst) row filled */
 } clip_sink_t;
@@ -763,7 +814,7 @@ static void clip_sink_free(clip_sink_t *c) {
     free(c->kh);
     free(c->kh4);
     free(c->kv);
-    free(c->acc);
+    free(c->line);
     free(c->tmp);
     free(c->have);
 }
@@ -813,8 +864,8 @@ static int clip_begin(img_sink_t *s, int w, int h) {
         if (c->ksv < 0) return LLAVA_ENOMEM;
         c->yfirst = c->bv[2 * c->y0];
         c->ylast = c->bv[2 * (c->y0 + S - 1)] + c->bv[2 * (c->y0 + S - 1) + 1];
-        c->acc = malloc(sizeof(int32_t) * 4 * (size_t)S);
-        if (!c->acc) return LLAVA_ENOMEM;
+        c->line = malloc(4 * (size_t)S);
+        if (!c->line) return LLAVA_ENOMEM;
     } else {
         c->yfirst = c->y0;
         c->ylast = c->y0 + S;
@@ -837,7 +888,7 @@ static uint8_t *clip_row(img_sink_t *s, int y) {
 static void clip_hrow(clip_sink_t *c, int vy) {
     uint8_t *d = c->tmp + (size_t)(vy - c->yfirst) * c->size * 4;
     if (c->need_h)
-        hpass_rgbx(c->vrow + (size_t)c->xfirst * 4, c->size, c->ks2, c->bh_win, c->kh4, d);
+        hpass_rgbx(c->simd, c->vrow + (size_t)c->xfirst * 4, c->size, c->ks2, c->bh_win, c->kh4, d);
     else
         memcpy(d, c->vrow + (size_t)c->x0 * 4, (size_t)c->size * 4);
     c->have[vy - c->yfirst] = 1;
@@ -869,7 +920,7 @@ static int clip_end(img_sink_t *s) {
         }
     }
     if (c->need_v) {
-        vpass_rgbx_chw(c->tmp, S, c->yfirst, c->y0, S, c->ksv, c->bv, c->kv, c->acc, c->out_chw, np);
+        vpass_rgbx_chw(c->simd, c->tmp, S, c->yfirst, c->y0, S, c->ksv, c->bv, c->kv, c->line, c->out_chw, np);
     } else {
         for (size_t i = 0; i < np; i++) {
             c->out_chw[i] = c->tmp[4 * i];
@@ -882,6 +933,12 @@ static int clip_end(img_sink_t *s) {
 
 static void clip_sink_init(clip_sink_t *c, int size, int pad, uint8_t *out_chw) {
     memset(c, 0, sizeof *c);
+    const char *no = getenv("LLAVA_NO_SIMD");
+#ifdef HAVE_HPASS_AVX2
+    c->simd = !(no && *no && strcmp(no, "0") != 0) && __builtin_cpu_supports("avx2");
+#else
+    (void)no;
+#endif
     c->base = (img_sink_t){clip_begin, clip_row, clip_done, clip_end, 4};
     c->size = size;
     c->pad = pad;

@@ -56,6 +56,7 @@ int image_clip_preprocess_u8(const image_t *in, int size, int pad, uint8_t *out_
 
 /** Decode + image_clip_preprocess_u8 in one pass, without storing the picture or the padded square: each decoded
  *  row is resampled horizontally while in cache (bit-identical to image_load_file + image_clip_preprocess_u8).
+ *  AVX2 kernels are used when the CPU has them unless the environment sets LLAVA_NO_SIMD=1 (same results).
  *  Errors and messages as image_load_file/image_load_mem. */
 int image_clip_load_file(const char *path, size_t max_pixels, int size, int pad, uint8_t *out_chw, char *err,
                          size_t errlen);

@@ -1,5 +1,6 @@
 /* Tests common/image: decode + CLIP preprocessing against Pillow/transformers fixtures (tests/fixtures/image, made by
  * tests/reference/make_image_fixtures.py), and bad inputs (truncated, empty, garbage, bomb, missing) failing cleanly.
+ * Both kernel sets are run: AVX2 (when the CPU has it) and portable (LLAVA_NO_SIMD=1).
  * Run: ctest -R test_image (working directory tests/). */
 #include <stdint.h>
 #include <stdio.h>
@@ -221,5 +222,10 @@ int main(void) {
     test_geometry();
     test_bad_inputs();
     test_fixtures();
+    /* again on the portable kernels (the AVX2 ones are chosen whenever the CPU has AVX2) */
+    setenv("LLAVA_NO_SIMD", "1", 1);
+    test_fixtures();
+    test_bad_inputs();
+    unsetenv("LLAVA_NO_SIMD");
     return test_finish();
 }
