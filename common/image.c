@@ -713,13 +713,13 @@ static void hpass_rgbx(int simd, const uint8_t *restrict row, int cw, int ks2, c
     hpass_rgbx_scalar(row, cw, ks2, bounds, k4, dst);
 }
 
-/* One output row of the vertical pass over RGBX rows: n4 bytes from each of n source rows n4 apart, weights k,
- * into the clipped RGBX row dst. */
-static void vrow_scalar(const uint8_t *restrict src, size_t n4, int n, const int32_t *restrict k,
+/* One output row of the vertical pass over RGBX rows: count bytes from each of n source rows stride apart, weights
+ * k, into the clipped row dst. */
+static void vrow_scalar(const uint8_t *restrict src, size_t stride, size_t count, int n, const int32_t *restrict k,
                         uint8_t *restrict dst) {
-    for (size_t i = 0; i < n4; i++) {
+    for (size_t i = 0; i < count; i++) {
         int32_t acc = 1 << (PRECISION_BITS - 1);
-        for (int y = 0; y < n; y++) acc += src[(size_t)y * n4 + i] * k[y];
+        for (int y = 0; y < n; y++) acc += src[(size_t)y * stride + i] * k[y];
         dst[i] = clip8(acc);
     }
 }
@@ -747,7 +747,7 @@ __attribute__((target("avx2"))) static void vrow_avx2(const uint8_t *restrict sr
         __m256i b = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w01, w23), order);
         _mm256_storeu_si256((__m256i *)(void *)(dst + i), b);
     }
-    if (i < n4) vrow_scalar(src + i, n4, n, k, dst + i);
+    if (i < n4) vrow_scalar(src + i, n4, n4 - i, n, k, dst + i);
 }
 #endif
 
@@ -771,7 +771,7 @@ static void vpass_rgbx_chw(int simd, const uint8_t *restrict src, int cw, int yo
             vrow_avx2(s, n4, n, k, line);
         else
 #endif
-            vrow_scalar(s, n4, n, k, line);
+            vrow_scalar(s, n4, n4, n, k, line);
         uint8_t *d = out_chw + (size_t)oy * cw;
         for (int x = 0; x < cw; x++) {
             d[x] = line[4 * x];
