@@ -218,13 +218,68 @@ static void test_geometry(void) {
     image_free(&sq);
 }
 
+/* Sizes the fixtures do not use (odd, and 4*S not a multiple of 32, so every kernel runs its tail): the streaming
+ * path against the plain one built from image_pad_square, image_resize_bicubic and image_center_crop. */
+static void test_odd_sizes(void) {
+    static const char *files[] = {"img015_jpg_RGB_700x420.jpg", "img016_jpg_prog_RGB_300x640.jpg",
+                                  "img001_jpg_RGB_3x500.jpg", "img038_png_RGBA_253x211.png",
+                                  "img013_png_i_RGB_83x59.png", "img005_jpg_CMYK_64x64.jpg"};
+    static const int sizes[] = {1, 7, 21, 30, 45};
+    static const uint8_t BG[3] = {122, 116, 104};
+    char path[300], err[512];
+    int ncmp = 0;
+    for (size_t fi = 0; fi < sizeof files / sizeof files[0]; fi++) {
+        image_t img;
+        snprintf(path, sizeof path, FIX "%s", files[fi]);
+        int rc = image_load_file(path, 0, &img, err, sizeof err);
+        CHECKF(rc == 0, "%s: %s", files[fi], err);
+        if (rc) continue;
+        for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
+            for (int pad = 0; pad < 2; pad++) {
+                int S = sizes[si], rw, rh;
+                size_t np = (size_t)S * S;
+                uint8_t *got = malloc(3 * np), *want = malloc(3 * np);
+                image_t sq = {0}, rs = {0}, cr = {0};
+                const image_t *src = &img;
+                if (pad && img.w != img.h) {
+                    CHECK_RC(image_pad_square(&img, BG, &sq), 0);
+                    src = &sq;
+                }
+                image_clip_resize_dims(src->w, src->h, S, &rw, &rh);
+                if (got && want && image_resize_bicubic(src, rw, rh, &rs) == 0 &&
+                    image_center_crop(&rs, S, S, &cr) == 0) {
+                    for (size_t i = 0; i < np; i++)
+                        for (int c = 0; c < 3; c++) want[c * np + i] = cr.rgb[3 * i + c];
+                    CHECK_RC(image_clip_load_file(path, 0, S, pad, got, err, sizeof err), 0);
+                    CHECKF(memcmp(got, want, 3 * np) == 0, "%s S=%d pad=%d: streaming differs from plain", files[fi],
+                           S, pad);
+                    CHECK_RC(image_clip_preprocess_u8(&img, S, pad, got), 0);
+                    CHECKF(memcmp(got, want, 3 * np) == 0, "%s S=%d pad=%d: preprocess_u8 differs from plain",
+                           files[fi], S, pad);
+                    ncmp++;
+                } else {
+                    CHECKF(0, "%s S=%d pad=%d: plain path failed", files[fi], S, pad);
+                }
+                image_free(&sq);
+                image_free(&rs);
+                image_free(&cr);
+                free(got);
+                free(want);
+            }
+        image_free(&img);
+    }
+    CHECK(ncmp == 60);
+}
+
 int main(void) {
     test_geometry();
     test_bad_inputs();
     test_fixtures();
+    test_odd_sizes();
     /* again on the portable kernels (the AVX2 ones are chosen whenever the CPU has AVX2) */
     setenv("LLAVA_NO_SIMD", "1", 1);
     test_fixtures();
+    test_odd_sizes();
     test_bad_inputs();
     unsetenv("LLAVA_NO_SIMD");
     return test_finish();
