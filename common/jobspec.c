@@ -14,7 +14,9 @@
 #include <unistd.h>
 #include <yaml.h>
 
+#include "common/dataset.h"
 #include "common/err.h"
+#include "common/hfconfig.h"
 
 #define SN_MAX_DEPTH 32
 #define SN_MAX_NODES 100000
@@ -1125,6 +1127,39 @@ static int check_one(pctx_t *c, const job_stage_t *st, job_key_t key, const char
     return 0;
 }
 
+/* The stage's dataset must have been ingested for its model: image size and patch size (the per-sample lengths the
+ * planner budgets with count the patches) and padding. Only run once the paths exist; a config or manifest that
+ * does not parse is reported by whoever loads it (the worker, llava-data verify) with its own message. */
+static void check_fit(pctx_t *c, const job_stage_t *st) {
+    const job_model_t *m = &st->model;
+    const char *dir = m->llava ? m->llava : m->vision_tower;
+    if (!dir || !st->data.train) return;
+    char *abs = path_resolve(dir), *cfgp = abs ? path_join(abs, "config.json") : NULL, *data = path_resolve(st->data.train);
+    llava_config_t cfg;
+    ds_manifest_t man = {0};
+    int have_cfg = cfgp && hfconfig_read(cfgp, &cfg) == 0;
+    int have_man = data && ds_manifest_load(data, &man) == 0;
+    if (have_cfg && have_man && man.n_images_total > 0) {
+        const clip_vision_config_t *v = &cfg.vision;
+        job_mark_t mk = st->marks[JOB_KEY_DATA_TRAIN];
+        if (man.image_size != v->image_size)
+            perr(c, mk, "key 'data.train': dataset '%s' holds %d px images but the model's vision tower ('%s') takes %d px; "
+                 "ingest it again with --image-size %d", data, man.image_size, abs, v->image_size, v->image_size);
+        else if (man.patch_size > 0 && man.patch_size != v->patch_size)
+            perr(c, mk, "key 'data.train': dataset '%s' counts %d px patches per image but the model's vision tower ('%s') "
+                 "uses %d px patches; ingest it again for this model", data, man.patch_size, abs, v->patch_size);
+        if (man.pad != (m->image_aspect_ratio == JOB_ASPECT_PAD))
+            perr(c, st->marks[JOB_KEY_MODEL_IMAGE_ASPECT_RATIO],
+                 "key 'model.image_aspect_ratio': '%s' but dataset '%s' was ingested %s; use '%s' or ingest it again%s",
+                 m->image_aspect_ratio == JOB_ASPECT_PAD ? "pad" : "square", data, man.pad ? "with --pad" : "without --pad",
+                 man.pad ? "pad" : "square", man.pad ? " without --pad" : " with --pad");
+    }
+    if (have_man) ds_manifest_free(&man);
+    free(abs);
+    free(cfgp);
+    free(data);
+}
+
 int job_spec_check_paths(const job_spec_t *spec, spec_errors_t *errs) {
     int rc = 0;
     pctx_t c = {spec->source ? spec->source : "<spec>", errs, 0, 0, 0};
@@ -1151,6 +1186,7 @@ int job_spec_check_paths(const job_spec_t *spec, spec_errors_t *errs) {
             RC_CHECK_GOTO(check_one(&c, st, JOB_KEY_EVAL_DATA, st->eval.data, NEED_FILE, NULL, "eval data file"));
         if (st->eval.enabled && st->eval.answers)
             RC_CHECK_GOTO(check_one(&c, st, JOB_KEY_EVAL_ANSWERS, st->eval.answers, NEED_FILE, NULL, "answers file"));
+        if (c.nerr == 0) check_fit(&c, st);
     }
 cleanup:
     if (rc == LLAVA_ENOMEM) LOG_E("out of memory checking the paths of %s", c.src);

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/dataset.h"
 #include "common/err.h"
 #include "common/jobspec.h"
 #include "tests/test.h"
@@ -608,6 +609,78 @@ static void test_fuzz(void) {
     CHECK(parsed > 0 && failed > 0);
 }
 
+/* A dataset ingested for another image size, patch size or padding than the stage's model is refused at submit. */
+static void write_fit_manifest(int image_size, int patch_size, int pad) {
+    ds_manifest_t m;
+    memset(&m, 0, sizeof m);
+    int32_t lengths[2] = {30, 12}, n_images[2] = {1, 0};
+    ds_shard_t shards[1] = {{.name = "a", .first = 0, .count = 2}};
+    m.version = 1;
+    m.n_samples = 2;
+    m.n_images_total = 1;
+    m.n_text_only = 1;
+    m.n_source = 2;
+    m.image_size = image_size;
+    m.patch_size = patch_size;
+    m.pad = pad;
+    snprintf(m.template_name, sizeof m.template_name, "plain");
+    m.n_shards = 1;
+    m.shards = shards;
+    m.lengths = lengths;
+    m.n_images = n_images;
+    CHECK_RC(ds_manifest_write("d/data", &m, NULL), 0);
+}
+
+static void test_fit(void) {
+    char tmpl[] = "/tmp/test_jobspec_fit_XXXXXX";
+    char *dir = mkdtemp(tmpl);
+    CHECK(dir != NULL);
+    if (!dir) return;
+    char old[4096];
+    CHECK(getcwd(old, sizeof old) != NULL);
+    CHECK(chdir(dir) == 0);
+    mkdir("m", 0755);
+    mkdir("d", 0755);
+    mkdir("d/data", 0755);
+    write_file("m/config.json", "{\"model_type\": \"llava\", \"vision_config\": {\"model_type\": \"clip_vision_model\", "
+               "\"image_size\": 56, \"patch_size\": 14}, \"text_config\": {\"model_type\": \"llama\"}}");
+    const char *spec = "name: x\nmodel: {llava: m}\ndata: {train: d/data, template: plain}\ntrain: {lr: 1}\n"
+                       "checkpoint: {dir: r}\n";
+    job_spec_t *s = NULL;
+    spec_errors_t e = {0};
+    CHECK_RC(parse(spec, &s, NULL), 0);
+    if (s) {
+        char want[8192];
+        write_fit_manifest(28, 14, 0);
+        CHECK_RC(job_spec_check_paths(s, &e), LLAVA_ECONFIG);
+        snprintf(want, sizeof want, "t.yaml:3:15: key 'data.train': dataset '%s/d/data' holds 28 px images but the "
+                 "model's vision tower ('%s/m') takes 56 px; ingest it again with --image-size 56", dir, dir);
+        CHECK_EQ_INT(e.n, 1);
+        CHECK(has_line(&e, want));
+        spec_errors_free(&e);
+        write_fit_manifest(56, 28, 0);
+        CHECK_RC(job_spec_check_paths(s, &e), LLAVA_ECONFIG);
+        CHECK_EQ_INT(e.n, 1);
+        CHECK(e.n == 1 && strstr(e.lines[0], "counts 28 px patches per image but the model's vision tower") != NULL);
+        spec_errors_free(&e);
+        write_fit_manifest(56, 14, 1);
+        CHECK_RC(job_spec_check_paths(s, &e), LLAVA_ECONFIG);
+        CHECK_EQ_INT(e.n, 1);
+        CHECK(e.n == 1 && strstr(e.lines[0], "key 'model.image_aspect_ratio': 'square' but dataset") != NULL &&
+              strstr(e.lines[0], "was ingested with --pad; use 'pad'") != NULL);
+        spec_errors_free(&e);
+        write_fit_manifest(56, 14, 0);
+        CHECK_RC(job_spec_check_paths(s, &e), 0);
+        CHECK_EQ_INT(e.n, 0);
+        spec_errors_free(&e);
+    }
+    job_spec_free(&s);
+    CHECK(chdir(old) == 0);
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
+}
+
 int main(void) {
     log_set_level(LOG_NONE);
     test_defaults();
@@ -620,6 +693,7 @@ int main(void) {
     test_stages();
     test_json();
     test_paths();
+    test_fit();
     test_steps();
     test_fuzz();
     return test_finish();
