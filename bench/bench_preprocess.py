@@ -4,8 +4,9 @@ JPEGs (bench_image.py's: 300-640 px, mixed aspect ratios, 4:4:4 and 4:2:0) paire
 captions, S=336, no pad). Per record the C side (bench_preprocess) decodes, pads/resizes/crops, normalises and builds
 input_ids/labels; the Python side does Image.open().convert("RGB") [+ expand2square] + CLIPImageProcessor
 (use_fast=False: the PIL backend) + LLaVA's preprocess_v1/preprocess_plain with transformers 4.37's slow
-LlamaTokenizer logic (what LLaVA loads; tests/reference/make_template_fixtures.py). Pinned to CPU 0, BLAS/OpenMP
-threads 1. Prints samples/s of each, the ratio, and the image/text split.
+LlamaTokenizer logic (what LLaVA loads; tests/reference/make_template_fixtures.py; transformers 5's tokenizers-backed
+LlamaTokenizer built from tokenizer.model gives other ids, no BOS and a different split at </s>, and was slower in a
+trial). Pinned to CPU 0, BLAS/OpenMP threads 1. Prints samples/s of each, the ratio, and the image/text split.
 Run from the repo root: python3 bench/bench_preprocess.py [build-dir] [n] [repeat]"""
 import os
 
@@ -70,6 +71,9 @@ def bench_python(recs, d, template, size, pad, tokenizer, repeat):
 
 
 def main():
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(__doc__)
+        return
     build = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "build")
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 500
     repeat = int(sys.argv[3]) if len(sys.argv) > 3 else 3
