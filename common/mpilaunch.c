@@ -3,13 +3,14 @@
  * the build has no MPI. Tested by tests/integration/test_mpi_launch.c. */
 #include "common/mpilaunch.h"
 
-#include <netdb.h>
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -174,11 +175,32 @@ cleanup:
     return rc;
 }
 
-void mpilaunch_finalize(void) {
+/* The exit code for the finalize watchdog: a signal handler can read nothing else. */
+static volatile sig_atomic_t g_finalize_exit_code;
+
+static void finalize_timed_out(int sig) {
+    (void)sig;
+    static const char msg[] = "mpilaunch: MPI_Finalize did not return within 10 s (a rank of the job died?); "
+                              "exiting without it\n";
+    ssize_t n = write(2, msg, sizeof msg - 1);
+    (void)n;
+    _exit(g_finalize_exit_code);
+}
+
+int mpilaunch_finalize(int exit_code) {
     int init = 0, fin = 0;
     MPI_Initialized(&init);
     MPI_Finalized(&fin);
-    if (init && !fin) MPI_Finalize();
+    if (!init || fin) return exit_code;
+    g_finalize_exit_code = exit_code;
+    struct sigaction sa = {0};
+    sa.sa_handler = finalize_timed_out;
+    sigaction(SIGALRM, &sa, NULL);
+    alarm(MPILAUNCH_FINALIZE_S);
+    int rc = MPI_Finalize();
+    alarm(0);
+    LOG_I("MPI_Finalize returned %d; exiting", rc); /* one line per rank: every rank stopped cleanly */
+    return exit_code;
 }
 
 #else /* no MPI in this build */
@@ -212,6 +234,6 @@ int mpilaunch_spawn(const char *exe, char **args, const char *host, double *ms) 
     return no_mpi();
 }
 
-void mpilaunch_finalize(void) {}
+int mpilaunch_finalize(int exit_code) { return exit_code; }
 
 #endif

@@ -33,7 +33,8 @@ static void usage(FILE *f) {
             "  --exit-when-idle     exit when no job is queued or running (exit 1 if the last job failed)\n"
             "  --endpoint-file F    write the bound endpoint to F (for scripts using an ephemeral port)\n"
             "  --mpi                run as rank 0 of an mpirun job: send the endpoint to the worker ranks, replace\n"
-            "                       dead workers with MPI_Comm_spawn (--worker-exe, --worker-args; see deploy/mpi-run.sh)\n"
+            "                       dead workers with MPI_Comm_spawn (--worker-exe, --worker-args; see deploy/mpi-run.sh);\n"
+            "                       SIGUSR1 (which mpirun forwards to every rank) then stops it like SIGTERM\n"
             "  -v, --verbose        debug logging\n"
             "  -h, --help           this help\n");
 }
@@ -92,6 +93,7 @@ int main(int argc, char **argv) {
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    if (use_mpi) sigaction(SIGUSR1, &sa, NULL); /* mpirun forwards SIGUSR1 to every rank: a clean stop */
     signal(SIGPIPE, SIG_IGN);
     mpilaunch_t mpi;
     if (use_mpi) {
@@ -102,20 +104,17 @@ int main(int argc, char **argv) {
     int rc = coord_new(&cfg, &c);
     if (rc) {
         fprintf(stderr, "llava-coordinator: cannot start: %s\n", err_str(rc));
-        mpilaunch_finalize();
-        return 1;
+        return mpilaunch_finalize(1);
     }
     if (endpoint_file) {
         FILE *f = fopen(endpoint_file, "w");
         if (!f || fprintf(f, "%s\n", coord_endpoint(c)) < 0 || fclose(f) != 0) {
             fprintf(stderr, "llava-coordinator: cannot write %s\n", endpoint_file);
             coord_free(&c);
-            mpilaunch_finalize();
-            return 1;
+            return mpilaunch_finalize(1);
         }
     }
     int code = coord_run(c, &g_stop);
     coord_free(&c);
-    mpilaunch_finalize();
-    return code;
+    return use_mpi ? mpilaunch_finalize(code) : code;
 }

@@ -130,7 +130,16 @@ run=("$build/llava-run" "$spec" --coordinator "$ep" --backend "$backend")
 [ "$quiet" = 1 ] && run+=(-q)
 code=0
 "${run[@]}" || code=$?
-# The job has ended and llava-run has seen it: SIGTERM to mpirun reaches every rank; the coordinator sends the
-# workers SHUTDOWN, every rank calls MPI_Finalize and exits.
+# The job has ended and llava-run has seen it. mpirun forwards SIGUSR1 to every rank (SIGTERM would make it kill
+# them): the coordinator sends the workers SHUTDOWN, every rank calls MPI_Finalize and exits, then mpirun does.
+kill -USR1 "$mpirun_pid" 2>/dev/null || true
+for _ in $(seq 1 300); do
+  kill -0 "$mpirun_pid" 2>/dev/null || break
+  sleep 0.1
+done
+if kill -0 "$mpirun_pid" 2>/dev/null; then
+  echo "mpi-run.sh: the ranks did not stop within 30 s of SIGUSR1; terminating mpirun" >&2
+  [ "$code" != 0 ] || code=1
+fi
 finish
 exit "$code"

@@ -30,7 +30,9 @@ static void usage(FILE *f) {
             "  --backend NAME     model (default) or sim (no model: for tests and benchmarks)\n"
             "  --sim-mb-ms MS     sim backend: milliseconds per micro-batch (default 0)\n"
             "  --mpi              started by mpirun (or MPI_Comm_spawn): the endpoint comes from rank 0 unless\n"
-            "                     --coordinator is given; --bind-host defaults to this host's address\n"
+            "                     --coordinator is given; --bind-host defaults to this host's address on the route\n"
+            "                     to the coordinator; SIGUSR1 (forwarded by mpirun to stop the job) is ignored:\n"
+            "                     the coordinator's SHUTDOWN stops it\n"
             "  -v, --verbose      debug logging\n"
             "  -h, --help         this help\n");
 }
@@ -83,10 +85,7 @@ int main(int argc, char **argv) {
         }
         if (!rc && !mpi.spawned) cfg.coordinator = endpoint;
         if (!rc && !bind_given) rc = mpilaunch_bind_host(cfg.coordinator, bind_host, sizeof bind_host);
-        if (rc) {
-            mpilaunch_finalize();
-            return 1;
-        }
+        if (rc) return mpilaunch_finalize(1);
         if (!bind_given) cfg.bind_host = bind_host;
         if (strcmp(cfg.device, "cuda") == 0) { /* the node-local index picks the GPU */
             snprintf(device, sizeof device, "cuda:%d", mpi.local_index);
@@ -96,15 +95,14 @@ int main(int argc, char **argv) {
     }
     if (strcmp(cfg.device, "cpu") != 0) {
         fprintf(stderr, "llava-worker: device '%s' is not available in this build (cpu only)\n", cfg.device);
-        if (use_mpi) mpilaunch_finalize();
-        return 2;
+        return use_mpi ? mpilaunch_finalize(2) : 2;
     }
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    if (use_mpi) signal(SIGUSR1, SIG_IGN); /* mpirun forwards it to every rank: the coordinator stops us */
     signal(SIGPIPE, SIG_IGN);
     int code = worker_run(&cfg, &g_stop);
-    if (use_mpi) mpilaunch_finalize();
-    return code;
+    return use_mpi ? mpilaunch_finalize(code) : code;
 }
