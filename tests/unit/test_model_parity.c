@@ -2,6 +2,7 @@
  * tests/reference/make_model_fixtures.py (tests/fixtures/model/<case>/): vision features, projector output, logits,
  * loss, every gradient of the mean loss in both training modes, parameters after three AdamW steps. fp32: relative
  * error <= 1e-4 on tensors (max |diff| / max |ref|), 1e-5 on the loss. Fails naming the case, stage and tensor. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,9 +73,15 @@ static void cmp_grads(const char *cs, const char *stage, llava_model_t *m, const
            arena_count(m->grads));
 }
 
-static void cmp_params(const char *cs, llava_model_t *m, const st_file_t *exp, const char *prefix) {
-    char canon[512];
+/* Parameters after the AdamW steps. Adam's first steps move a weight by about lr * g / (|g| + eps): where the
+ * reference gradient is below what the gradient check resolves (|g| <= TOL * max|g|, e.g. 3e-8 against 0.03), an
+ * error the gradient check allows can change that element's update by up to 2 lr per step, so those elements are
+ * held to |diff| <= 2 * sum(lr) (they still must move the right amount, not anywhere) and all others to TOL. */
+static void cmp_params(const char *cs, llava_model_t *m, const st_file_t *exp, const char *prefix,
+                       const char *grad_prefix, double sum_lr) {
+    char canon[512], gname[600];
     int matched = 0;
+    long loose_total = 0;
     for (int i = 0; i < st_file_count(exp); i++) {
         const st_tensor_t *t = st_file_at(exp, i);
         if (strncmp(t->name, prefix, strlen(prefix)) != 0 || !strchr(t->name + strlen(prefix), '.')) continue;
@@ -82,9 +89,38 @@ static void cmp_params(const char *cs, llava_model_t *m, const st_file_t *exp, c
         tensor_t *p = arena_get(m->params, canon);
         CHECKF(p != NULL, "%s: adamw: no parameter '%s'", cs, canon);
         if (!p) continue;
-        cmp(cs, "adamw", exp, t->name, (const float *)p->data, (long)tensor_numel(p));
         matched++;
+        long n = (long)tensor_numel(p);
+        snprintf(gname, sizeof gname, "%s%s", grad_prefix, t->name + strlen(prefix));
+        const st_tensor_t *gt = st_file_find(exp, gname);
+        CHECKF(gt != NULL && st_tensor_numel(gt) == n && st_tensor_numel(t) == n,
+               "%s: adamw: '%s' or its gradient '%s' missing or of the wrong size", cs, t->name, gname);
+        if (!gt || st_tensor_numel(gt) != n || st_tensor_numel(t) != n) continue;
+        float *want = malloc((size_t)n * sizeof(float)), *g = malloc((size_t)n * sizeof(float)),
+              *got = malloc((size_t)n * sizeof(float));
+        CHECK(want && g && got && st_tensor_to_f32(t, want, n) == 0 && st_tensor_to_f32(gt, g, n) == 0);
+        if (!want || !g || !got) {
+            free(want), free(g), free(got);
+            continue;
+        }
+        double gmax = 0;
+        for (long j = 0; j < n; j++) gmax = fabs(g[j]) > gmax ? fabs(g[j]) : gmax;
+        long loose = 0;
+        for (long j = 0; j < n; j++) {
+            got[j] = ((const float *)p->data)[j];
+            if (fabs(g[j]) <= TOL * gmax) {
+                loose++;
+                CHECKF(fabs(got[j] - want[j]) <= 2 * sum_lr, "%s: adamw: '%s' [%ld] (gradient %.3g of max %.3g) moved "
+                       "to %.8g, HF %.8g: more than 2 * sum(lr) apart", cs, t->name, j, g[j], gmax, got[j], want[j]);
+                got[j] = want[j]; /* checked above; the relative check below covers the resolved elements */
+            }
+        }
+        loose_total += loose;
+        cmp(cs, "adamw", exp, t->name, got, n);
+        free(want), free(g), free(got);
     }
+    printf("  %-10s adamw: %ld element(s) with unresolved gradients held to 2 * sum(lr) = %.3g\n", cs, loose_total,
+           2 * sum_lr);
     CHECKF(matched == arena_count(m->grads), "%s: adamw: %d expected parameters, %d trainable", cs, matched,
            arena_count(m->grads));
 }
@@ -143,6 +179,7 @@ static void run_case(const char *cs) {
     train_mode_t mode = am && strcmp(am, "all") == 0 ? TRAIN_ALL : TRAIN_PROJECTOR;
     adamw_opts_t o = {.lr = 0, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = wd ? atof(wd) : 0,
                       .max_grad_norm = 1.0};
+    double sum_lr = 0;
     for (int step = 0; step < 3; step++) {
         double ls = 0;
         int64_t nt = 0;
@@ -153,8 +190,9 @@ static void run_case(const char *cs) {
         o.lr = lr_at_step(step, 4, 1, 1e-3, LR_COSINE);
         CHECKF(fabs(o.lr - scalar(exp, "adamw.lrs", step)) <= 1e-9, "%s: lr at step %d", cs, step);
         CHECK_RC(llava_adamw_step(m, &o, 1.0 / (double)nt, NULL), 0);
+        sum_lr += o.lr;
     }
-    cmp_params(cs, m, exp, "adamw.");
+    cmp_params(cs, m, exp, "adamw.", mode == TRAIN_ALL ? "grad.all." : "grad.projector.", sum_lr);
 done:
     llava_model_free(&m);
     st_file_close(&exp);
