@@ -1,7 +1,7 @@
 /* The model backend: the LLaVA model on the CPU kernels (worker/model_llava.h), fed by collate from the job's
  * LMDB dataset. Loads the starting weights the job names (a checkpoint to resume, a run or checkpoint dir to init
  * from, a whole HF LLaVA dir, or a CLIP dir + a LLaMA dir + a fresh projector); checkpoints hold the model in the
- * Hugging Face layout plus optimizer.safetensors. Tested by tests/integration/demo_small.sh. */
+ * Hugging Face layout plus optimizer.safetensors. Tested by tests/integration/demo_small.sh (llava-run end to end) and test_cluster_model. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>

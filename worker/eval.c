@@ -1,7 +1,7 @@
 /* Multiple-choice evaluation (see eval.h). For each question the answer is written once per option letter
  * ("The answer is A.", "... B." ...) through the training template; the first token where those candidates differ
  * is the letter's position, and the prediction is the letter whose token the model ranks highest there.
- * Tested by tests/integration/demo_small.sh. */
+ * Tested by tests/integration/demo_small.sh (every question scored, per type, deterministic). */
 #include "worker/eval.h"
 
 #include <libgen.h>
