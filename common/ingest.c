@@ -40,6 +40,13 @@ typedef struct {
     int64_t n, cap;
 } bad_list_t;
 
+/* mdb_txn_commit frees the transaction even when it fails: clear the pointer so cleanup does not abort it again. */
+static int txn_commit(MDB_txn **txn) {
+    int mrc = mdb_txn_commit(*txn);
+    *txn = NULL;
+    return mrc;
+}
+
 static int bad_add(bad_list_t *l, const char *id, int64_t index, const char *reason) {
     if (l->n == l->cap) {
         int64_t cap = l->cap ? 2 * l->cap : 64;
@@ -312,8 +319,7 @@ cleanup:
 
 static int writer_commit(shard_writer_t *w) {
     int rc = 0;
-    MDB_CHECK_GOTO(mdb_txn_commit(w->txn));
-    w->txn = NULL;
+    MDB_CHECK_GOTO(txn_commit(&w->txn));
     writer_drop_pending(w);
     MDB_CHECK_GOTO(mdb_txn_begin(w->env, NULL, 0, &w->txn));
 cleanup:
@@ -355,8 +361,7 @@ static int fsync_dir(const char *dir) {
 /* Commits, syncs and closes the shard file and removes its lock file. */
 static int writer_finish(shard_writer_t *w, const char *path) {
     int rc = 0;
-    MDB_CHECK_GOTO(mdb_txn_commit(w->txn));
-    w->txn = NULL;
+    MDB_CHECK_GOTO(txn_commit(&w->txn));
     writer_drop_pending(w);
     MDB_CHECK_GOTO(mdb_env_sync(w->env, 1));
     mdb_env_close(w->env);

@@ -331,6 +331,8 @@ static int append_metrics(jobrun_t *j, const cJSON *e, char *why, size_t whylen)
     return ok ? 0 : err == ENOSPC ? LLAVA_ENOSPACE : LLAVA_EIO;
 }
 
+#define LEDGER_MIN_FREE ((int64_t)256 << 10) /* below this, a ledger commit is not attempted */
+
 static void commit_step(coord_t *c) {
     jobrun_t *j = c->job;
     double loss_sum = 0;
@@ -362,12 +364,20 @@ static void commit_step(coord_t *c) {
     cJSON_AddNumberToObject(e, "workers", j->nmembers);
     cJSON_AddNumberToObject(e, "committed_at", coord_wall());
     if (j->step < j->committed_at_start) j->replayed++;
-    int rc = state_ledger_commit(c->st, j->id, j->step, e);
+    /* A commit into a nearly full file system fails midway (LMDB reports EIO for a short write): stop before. */
+    int64_t free_bytes = state_free_bytes(c->st);
+    int rc = free_bytes >= 0 && free_bytes < LEDGER_MIN_FREE ? LLAVA_ENOSPACE
+                                                              : state_ledger_commit(c->st, j->id, j->step, e);
     cJSON_Delete(e);
     if (rc) {
+        free_bytes = state_free_bytes(c->st);
         char why[1300];
-        snprintf(why, sizeof why, "ledger write of step %lld to %s/state.lmdb failed: %s", (long long)j->step,
-                 state_dir(c->st), rc == LLAVA_ENOSPACE ? "no space left on device" : err_str(rc));
+        snprintf(why, sizeof why, "ledger write of step %lld to %s/state.lmdb failed: %s (%lld KiB free there)",
+                 (long long)j->step, state_dir(c->st),
+                 rc == LLAVA_ENOSPACE || (free_bytes >= 0 && free_bytes < LEDGER_MIN_FREE) ? "no space left on device"
+                                                                                          : err_str(rc),
+                 (long long)(free_bytes / 1024));
+        state_release_reserve(c->st); /* room to record the job's end */
         jobrun_finish(c, JOB_FAILED, why);
         return;
     }

@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/err.h"
 
@@ -26,6 +28,46 @@ static uint64_t rd_be64(const uint8_t *p) {
     uint64_t v = 0;
     for (int i = 0; i < 8; i++) v = (v << 8) | p[i];
     return v;
+}
+
+/* mdb_txn_commit frees the transaction even when it fails: clear the pointer so cleanup does not abort it again. */
+static int txn_commit(MDB_txn **txn) {
+    int mrc = mdb_txn_commit(*txn);
+    *txn = NULL;
+    return mrc;
+}
+
+/* Space held back for recording a job's end when the disk fills: STATE_RESERVE_BYTES of zeros in the state dir,
+ * released (state_release_reserve) when a write fails for lack of space, made again on the next open. */
+#define STATE_RESERVE_BYTES (1 << 20)
+
+static void make_reserve(state_t *s) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/space.reserve", s->dir);
+    struct stat sb;
+    if (stat(path, &sb) == 0 && sb.st_size == STATE_RESERVE_BYTES) return;
+    FILE *f = fopen(path, "wb");
+    static const char zeros[65536];
+    int ok = f != NULL;
+    for (int i = 0; ok && i < STATE_RESERVE_BYTES / (int)sizeof zeros; i++) ok = fwrite(zeros, 1, sizeof zeros, f) == sizeof zeros;
+    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    if (f && fclose(f) != 0) ok = 0;
+    if (!ok) {
+        LOG_W("%s: cannot hold back %d bytes for a full disk: %s", path, STATE_RESERVE_BYTES, strerror(errno));
+        remove(path);
+    }
+}
+
+void state_release_reserve(state_t *s) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/space.reserve", s->dir);
+    if (remove(path) == 0) LOG_W("released %s (%d bytes) to record the end of a job", path, STATE_RESERVE_BYTES);
+}
+
+int64_t state_free_bytes(const state_t *s) {
+    struct statvfs v;
+    if (statvfs(s->dir, &v) != 0) return -1;
+    return (int64_t)v.f_bavail * (int64_t)v.f_frsize;
 }
 
 int state_open(const char *dir, state_t **out) {
@@ -45,8 +87,8 @@ int state_open(const char *dir, state_t **out) {
     MDB_CHECK_GOTO(mdb_dbi_open(txn, "jobs", MDB_CREATE, &s->jobs));
     MDB_CHECK_GOTO(mdb_dbi_open(txn, "ledger", MDB_CREATE, &s->ledger));
     MDB_CHECK_GOTO(mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta));
-    MDB_CHECK_GOTO(mdb_txn_commit(txn));
-    txn = NULL;
+    MDB_CHECK_GOTO(txn_commit(&txn));
+    make_reserve(s);
     *out = s;
     return 0;
 cleanup:
@@ -117,8 +159,7 @@ int state_job_add(state_t *s, const cJSON *job, uint64_t *id) {
     uint8_t key[8];
     be64(key, next);
     RC_CHECK_GOTO(put_json(txn, s->jobs, key, 8, copy));
-    MDB_CHECK_GOTO(mdb_txn_commit(txn));
-    txn = NULL;
+    MDB_CHECK_GOTO(txn_commit(&txn));
     *id = next;
 cleanup:
     if (txn) mdb_txn_abort(txn);
@@ -142,8 +183,7 @@ int state_job_update(state_t *s, uint64_t id, const cJSON *patch) {
         else cJSON_AddItemToObject(job, f->string, dup);
     }
     RC_CHECK_GOTO(put_json(txn, s->jobs, key, 8, job));
-    MDB_CHECK_GOTO(mdb_txn_commit(txn));
-    txn = NULL;
+    MDB_CHECK_GOTO(txn_commit(&txn));
 cleanup:
     if (txn) mdb_txn_abort(txn);
     cJSON_Delete(job);
@@ -251,8 +291,7 @@ int state_ledger_commit(state_t *s, uint64_t id, int64_t step, const cJSON *entr
     CHECK_GOTO(grc == LLAVA_ENOTFOUND, grc, "ledger: cannot read job %llu step %lld", (unsigned long long)id,
                (long long)step);
     RC_CHECK_GOTO(put_json(txn, s->ledger, key, 16, entry));
-    MDB_CHECK_GOTO(mdb_txn_commit(txn));
-    txn = NULL;
+    MDB_CHECK_GOTO(txn_commit(&txn));
 cleanup:
     if (txn) mdb_txn_abort(txn);
     cJSON_Delete(old);

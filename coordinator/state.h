@@ -20,6 +20,11 @@ typedef struct state state_t;
 /** Opens (creating if needed) the state directory `dir` and its LMDB environment. Returns 0 or LLAVA_EIO/EDB. */
 int state_open(const char *dir, state_t **out);
 void state_close(state_t **ps);
+/** Bytes free for unprivileged writes on the state directory's file system, or -1 if unknown. */
+int64_t state_free_bytes(const state_t *s);
+/** Frees the space state_open held back (1 MiB in space.reserve) so the end of a job can still be recorded on a
+ *  full disk. The next state_open holds it back again. */
+void state_release_reserve(state_t *s);
 const char *state_dir(const state_t *s);
 
 /** Queues a job. `job` is a JSON object (name, spec, ...); the store adds id, state "queued" and submitted_at.

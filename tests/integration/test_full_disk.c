@@ -1,7 +1,9 @@
 /* A full disk under the run directory (a 2 MiB tmpfs, filled mid-job): the job stops as failed with an error that
  * names the file and the cause, the ledger stays consistent (contiguous steps, no sample twice in an epoch), the
  * `latest` checkpoint is complete and loadable, and the same job submitted again once space is back resumes from
- * it with the failure-free run's losses. Needs root (mount); otherwise exits 77 (skipped).
+ * it with the failure-free run's losses. Then a full disk under the state directory (the LMDB ledger): the job
+ * fails naming state.lmdb, is recorded as failed, and the ledger holds exactly the steps before. Needs root
+ * (mount); otherwise exits 77 (skipped).
  * Run: ctest -R test_full_disk (needs LLAVA_BUILD_DIR, set by ctest). */
 #include <errno.h>
 #include <fcntl.h>
@@ -60,13 +62,13 @@ static int write_dataset(const char *dir) {
     return ds_manifest_write(dir, &m, NULL);
 }
 
-static int start_coordinator(void) {
-    char state[700], epfile[700], exe[1100], wexe[1100], logp[700], ep[256] = "";
-    snprintf(state, sizeof state, "%s/state", g_tmp);
+static int start_coordinator(const char *state) {
+    char epfile[700], exe[1100], wexe[1100], logp[700], ep[256] = "";
     snprintf(epfile, sizeof epfile, "%s/endpoint", g_tmp);
     snprintf(logp, sizeof logp, "%s/coordinator.log", g_tmp);
     snprintf(exe, sizeof exe, "%s/llava-coordinator", g_bin);
     snprintf(wexe, sizeof wexe, "%s/llava-worker", g_bin);
+    unlink(epfile); /* the previous coordinator's endpoint */
     g_coord = fork();
     if (g_coord == 0) {
         FILE *lf = freopen(logp, "a", stderr);
@@ -125,6 +127,13 @@ static uint64_t submit(const char *name, const char *run_dir) {
 /* The job's stored record (state, error) once it is over; NULL on timeout. */
 static cJSON *wait_over(uint64_t job, int timeout_s) {
     for (int i = 0; i < timeout_s * 20; i++) {
+        int wst = 0;
+        if (waitpid(g_coord, &wst, WNOHANG) == g_coord) {
+            fprintf(stderr, "the coordinator died: %s %d\n", WIFSIGNALED(wst) ? "signal" : "exit status",
+                    WIFSIGNALED(wst) ? WTERMSIG(wst) : WEXITSTATUS(wst));
+            g_coord = 0;
+            return NULL;
+        }
         cJSON *q = cJSON_CreateObject();
         cJSON_AddNumberToObject(q, "job", (double)job);
         cJSON *st = request(MSG_STATUS, q);
@@ -233,7 +242,9 @@ int main(void) {
     log_set_level(LOG_ERROR);
     signal(SIGPIPE, SIG_IGN);
     CHECK_RC(write_dataset(g_data), 0);
-    CHECK(start_coordinator() == 0);
+    char state[800];
+    snprintf(state, sizeof state, "%s/state", g_tmp);
+    CHECK(start_coordinator(state) == 0);
 
     /* failure-free baseline, on the ordinary disk */
     char base_dir[700], run_dir[700];
@@ -251,7 +262,8 @@ int main(void) {
 
     /* the run directory's disk fills up mid-job */
     job = submit("full", run_dir);
-    for (int i = 0; i < 1200 && running_step(job) < 5; i++) sleep_ms(25);
+    CHECK(job > 0);
+    for (int i = 0; job && i < 1200 && running_step(job) < 5; i++) sleep_ms(25);
     CHECK(running_step(job) >= 5);
     CHECK_RC(fill_disk(g_mnt), 0);
     rec = wait_over(job, 120);
@@ -290,8 +302,43 @@ int main(void) {
     CHECK(check_latest(run_dir) == STEPS);
 
     client_close(&g_cl);
-    kill(g_coord, SIGTERM);
-    waitpid(g_coord, NULL, 0);
+    if (g_coord > 0) {
+        kill(g_coord, SIGTERM);
+        waitpid(g_coord, NULL, 0);
+    }
+
+    /* the state directory's disk fills up mid-job: the ledger cannot grow */
+    char mnt2[700], run2[700];
+    snprintf(mnt2, sizeof mnt2, "%s/small-state", g_tmp);
+    snprintf(run2, sizeof run2, "%s/run-state-full", g_tmp);
+    mkdir(mnt2, 0755);
+    CHECK(mount("tmpfs", mnt2, "tmpfs", 0, "size=2m") == 0);
+    snprintf(state, sizeof state, "%s/state", mnt2);
+    CHECK(start_coordinator(state) == 0);
+    job = submit("statefull", run2);
+    CHECK(job > 0);
+    for (int i = 0; job && i < 1200 && running_step(job) < 5; i++) sleep_ms(25);
+    CHECK(running_step(job) >= 5);
+    CHECK_RC(fill_disk(mnt2), 0);
+    rec = wait_over(job, 60);
+    error = wire_get_str(rec, "error", "");
+    printf("job on a full state disk: %s: %s\n", wire_get_str(rec, "state", "?"), error);
+    CHECKF(strcmp(wire_get_str(rec, "state", ""), "failed") == 0, "full state disk: the job ended '%s', not failed",
+           wire_get_str(rec, "state", "?"));
+    CHECKF(strstr(error, state) != NULL && strstr(error, "space") != NULL,
+           "full state disk: the error does not name %s and the cause: %s", state, error);
+    cJSON_Delete(rec);
+    CHECK_EQ_INT(ledger(job, loss, &first, &n), 0);
+    CHECK(first == 0 && n >= 5 && n < STEPS);
+    for (int s = 0; s < n; s++)
+        CHECKF(fabs(loss[s] - base[s]) <= 1e-5 * fabs(base[s]), "full state disk: step %d loss %.9g, baseline %.9g",
+               s, loss[s], base[s]);
+    client_close(&g_cl);
+    if (g_coord > 0) {
+        kill(g_coord, SIGTERM);
+        waitpid(g_coord, NULL, 0);
+    }
+    if (umount(mnt2) != 0) fprintf(stderr, "umount %s: %s\n", mnt2, strerror(errno));
     if (umount(g_mnt) != 0) fprintf(stderr, "umount %s: %s\n", g_mnt, strerror(errno));
     if (t_failures) {
         char cmd[800];
