@@ -130,9 +130,14 @@ void client_print_status(const cJSON *st, int color) {
                wire_get_str(job, "name", "?"), wire_get_str(job, "state", "?"));
         const char *e = wire_get_str(job, "error", NULL);
         if (e) printf("  error: %s\n", e);
-        if (!run && cJSON_GetObjectItemCaseSensitive(job, "steps_done"))
-            printf("  steps done: %lld  final loss: %.6f  recoveries: %lld\n", (long long)wire_get_i64(job, "steps_done", 0),
-                   wire_get_num(job, "final_loss", 0), (long long)wire_get_i64(job, "recoveries", 0));
+        if (!run && cJSON_GetObjectItemCaseSensitive(job, "steps_done")) {
+            printf("  steps done: %lld  final loss: %.6f  recoveries: %lld  joins: %lld\n",
+                   (long long)wire_get_i64(job, "steps_done", 0), wire_get_num(job, "final_loss", 0),
+                   (long long)wire_get_i64(job, "recoveries", 0), (long long)wire_get_i64(job, "joins", 0));
+            if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(job, "resumed_in_memory")))
+                printf("  went on from the workers' memory at step %lld after a coordinator restart\n",
+                       (long long)wire_get_i64(job, "start_step", 0));
+        }
     } else {
         printf("no jobs\n");
     }
@@ -144,9 +149,13 @@ void client_print_status(const cJSON *st, int color) {
         fmt_duration(wire_get_num(run, "elapsed_s", 0), el, sizeof el);
         printf("  %s  [%s] step %.0f/%.0f  epoch %.0f/%.0f\n", wire_get_str(run, "phase", "?"), b, step, total,
                wire_get_num(run, "epoch", 0) + 1, wire_get_num(run, "epochs", 1));
-        printf("  loss %.6f  %.2f samples/s  %.0f tokens/s  elapsed %s  eta %s  generation %lld  recoveries %lld\n",
+        printf("  loss %.6f  %.2f samples/s  %.0f tokens/s  elapsed %s  eta %s  generation %lld  recoveries %lld"
+               "  joins %lld\n",
                wire_get_num(run, "loss", 0), wire_get_num(run, "samples_per_s", 0), wire_get_num(run, "tokens_per_s", 0),
-               el, eta, (long long)wire_get_i64(run, "generation", 0), (long long)wire_get_i64(run, "recoveries", 0));
+               el, eta, (long long)wire_get_i64(run, "generation", 0), (long long)wire_get_i64(run, "recoveries", 0),
+               (long long)wire_get_i64(run, "joins", 0));
+        if (wire_get_i64(run, "joining", -1) >= 0)
+            printf("  worker %lld is joining at the next step boundary\n", (long long)wire_get_i64(run, "joining", -1));
         const cJSON *shards = cJSON_GetObjectItemCaseSensitive(run, "shards"), *s;
         if (cJSON_GetArraySize(shards) > 0) printf("  shards (this epoch):\n");
         cJSON_ArrayForEach(s, shards) {
