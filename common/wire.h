@@ -23,7 +23,7 @@ extern "C" {
 typedef enum {
     MSG_NONE = 0,
     /* worker -> coordinator */
-    MSG_REGISTER = 1,  /* {host, pid, device, threads, mem_bytes, worker_id?} */
+    MSG_REGISTER = 1,  /* {host, pid, device, threads, mem_bytes, held_job?, held_step?} */
     MSG_HEARTBEAT,     /* {state, step} */
     MSG_READY,         /* {endpoint}: model loaded, ring endpoint bound */
     MSG_MB_DONE,       /* {mb, loss_sum, n_targets, samples, ms} */

@@ -42,6 +42,25 @@ static void test_roundtrip(void) {
     CHECK(strcmp(wire_type_name(999), "?") == 0);
     wire_msg_clear(&d);
 
+    /* the replacement-join types (added to version 1) decode with their numbers and names */
+    static const struct { int type, num; const char *name; } joins[] = {
+        {MSG_STATE_LOADED, 9, "STATE_LOADED"}, {MSG_STATE_SEND, 43, "STATE_SEND"}, {MSG_STATE_RECV, 44, "STATE_RECV"}};
+    for (int i = 0; i < 3; i++) {
+        wire_msg_t j, jd;
+        uint8_t *jb;
+        size_t jl;
+        CHECK_EQ_INT(joins[i].type, joins[i].num);
+        CHECK(strcmp(wire_type_name(joins[i].type), joins[i].name) == 0);
+        CHECK_RC(wire_msg_init(&j, joins[i].type, 2, 5, 17), 0);
+        CHECK_RC(wire_encode(&j, &jb, &jl), 0);
+        CHECK_RC(wire_decode(jb, jl, &jd, why, sizeof why), 0);
+        CHECK_EQ_INT(jd.type, joins[i].type);
+        CHECK_EQ_INT(jd.step, 17);
+        wire_msg_clear(&jd);
+        wire_msg_clear(&j);
+        free(jb);
+    }
+
     /* malformed frames, each its own reason */
     CHECK_RC(wire_decode(buf, 10, &d, why, sizeof why), LLAVA_EFORMAT);           /* short */
     CHECK(strstr(why, "shorter") != NULL);
