@@ -35,9 +35,24 @@ double coord_wall(void) {
 int coord_send(coord_t *c, worker_t *w, const wire_msg_t *m) {
     if (w->state == W_DEAD) return LLAVA_ENOTFOUND;
     int rc = wire_send(c->sock, w->ident, w->idlen, m, ZMQ_DONTWAIT);
-    if (rc == LLAVA_ENOTFOUND) coord_worker_dead(c, w, "connection lost (message unroutable)");
+    /* Not declared dead here: callers loop over the members (REDUCE, APPLY, GENERATION), and a death in the middle
+     * would start a new generation under them (a REDUCE of the new generation went out before its micro-batches). */
+    if (rc == LLAVA_ENOTFOUND) w->unroutable = 1;
     else if (rc) LOG_W("worker %d: sending %s failed: %s", w->id, wire_type_name(m->type), err_str(rc));
     return rc;
+}
+
+/* Declares dead the workers a send found unroutable, once the handler that sent is done. */
+static void coord_settle(coord_t *c) {
+    for (int again = 1; again;) {
+        again = 0;
+        for (int i = 0; i < c->nw; i++)
+            if (c->w[i].unroutable && c->w[i].state != W_DEAD) {
+                c->w[i].unroutable = 0;
+                coord_worker_dead(c, &c->w[i], "connection lost (message unroutable)");
+                again = 1; /* the recovery's own sends may have found another */
+            }
+    }
 }
 
 static int reply(coord_t *c, const uint8_t *id, size_t idlen, int64_t req, cJSON *body, const char *error) {
@@ -443,6 +458,7 @@ int coord_run(coord_t *c, volatile sig_atomic_t *stop) {
     while (!*stop) {
         reap_children(c);
         if (c->nreplace) replace_mpi_workers(c);
+        coord_settle(c);
         double now = coord_now();
         int wait_ms = (int)((next_tick - now) * 1000.0);
         if (wait_ms < 0) wait_ms = 0;
@@ -461,6 +477,7 @@ int coord_run(coord_t *c, volatile sig_atomic_t *stop) {
                 zmq_getsockopt(c->sock, ZMQ_EVENTS, &ev, &sz);
                 if (!(ev & ZMQ_POLLIN)) break;
                 on_message(c);
+                coord_settle(c);
             }
         if (n > 0 && (items[1].revents & ZMQ_POLLIN)) on_monitor(c);
         now = coord_now();
@@ -468,10 +485,12 @@ int coord_run(coord_t *c, volatile sig_atomic_t *stop) {
             probe_workers(c);
             c->next_probe = now + 0.05;
         }
+        coord_settle(c);
         if (now >= next_tick) {
             check_timeouts(c);
             coord_schedule(c);
             if (c->job) jobrun_tick(c);
+            coord_settle(c);
             next_tick = now + (c->heartbeat_ms / 2) / 1000.0;
         }
         if (c->cfg.exit_when_idle && c->jobs_seen > 0 && !c->job && c->idle_since > 0 && now - c->idle_since > 0.2)

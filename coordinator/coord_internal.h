@@ -43,6 +43,7 @@ typedef struct {
     uint32_t reduced_gen;
     uint32_t ring_gen; /* generation whose ring endpoint this worker reported */
     char dead_reason[160];
+    int unroutable;    /* a send found it gone; coord_settle declares it dead (never inside a loop over members) */
 } worker_t;
 
 typedef struct {

@@ -158,7 +158,7 @@ static void dispatch(coord_t *c) {
             w->inflight++;
             w->state = W_BUSY;
             send_simple(c, w, MSG_MB, b);
-            if (w->state == W_DEAD) return; /* the send found it gone; jobrun_worker_lost re-dispatched */
+            if (w->unroutable) break; /* gone: coord_settle hands its micro-batches back */
         }
     }
 }
@@ -265,12 +265,17 @@ static void drop_joiner(coord_t *c, const char *why) {
 static void admit_joiner(coord_t *c) {
     jobrun_t *j = c->job;
     worker_t *w = &c->w[j->joiner], *donor = member(c, 0);
+    if (w->unroutable || w->state == W_DEAD) {
+        j->joiner = -1; /* gone before joining (coord_settle declares it dead) */
+        j->joiner_loaded = 0;
+        return;
+    }
     cJSON *b = cJSON_CreateObject();
     cJSON_AddStringToObject(b, "endpoint", j->joiner_ep);
     send_simple(c, donor, MSG_STATE_SEND, b);
+    if (donor->unroutable) return; /* the donor is gone: the joiner stays loaded for the next boundary */
     j->joiner = -1;
     j->joiner_loaded = 0;
-    if (donor->state == W_DEAD || w->state == W_DEAD) return; /* a send found one gone; the other stays idle */
     j->join_pending = w->id;
     j->donor = donor->id;
     j->join_at = coord_now();
