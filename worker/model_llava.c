@@ -641,6 +641,14 @@ cleanup:
     return rc;
 }
 
+int llava_optim_prepare(llava_model_t *m) {
+    int rc = 0;
+    CHECK_GOTO(m->grads, LLAVA_EINVAL, "llava_optim_prepare: no gradients prepared");
+    RC_CHECK_GOTO(adam_ensure(m));
+cleanup:
+    return rc;
+}
+
 int llava_adamw_step(llava_model_t *m, const adamw_opts_t *o, double scale, double *grad_norm) {
     int rc = 0;
     CHECK_GOTO(m->grads, LLAVA_EINVAL, "llava_adamw_step: no gradients (run a backward first)");

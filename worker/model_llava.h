@@ -112,6 +112,10 @@ void llava_grads_zero(llava_model_t *m);
 /** Allocates (zeroed) the gradient arena for `mode` before any backward, so a worker with no micro-batch in a
  *  step still joins the all-reduce with a buffer of the right size. Returns 0 or LLAVA_ENOMEM. */
 int llava_grads_prepare(llava_model_t *m, train_mode_t mode);
+/** Allocates the AdamW moments (zeroed, step 0) for the prepared gradients if they do not exist yet, as the first
+ *  llava_adamw_step would (the GPU model keeps its moments on the device and downloads into these). Returns 0,
+ *  LLAVA_EINVAL (no gradients) or LLAVA_ENOMEM. */
+int llava_optim_prepare(llava_model_t *m);
 /** Writes the AdamW state (moments as tensors under the parameter names, step count in the metadata) to path.
  *  Returns 0, LLAVA_EINVAL (no optimizer state yet), LLAVA_EIO or LLAVA_ENOSPACE. */
 int llava_optim_save(const llava_model_t *m, const char *path);

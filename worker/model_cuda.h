@@ -1,0 +1,71 @@
+/* The LLaVA model on one GPU, built from the CUDA ops (kernels/cuda/ops_cuda.h): the same forward (CLIP tower,
+ * projector, LLaMA with the loss on target rows only), backward in both training modes, global-norm clipping and
+ * AdamW as the CPU model (worker/model_llava.c), in fp32 (for parity tests) or bf16 (fp32 master weights and
+ * moments), with optional per-layer activation recomputation. The host llava_model_t keeps the names, the layout and
+ * the files: device buffers mirror its parameter arena (same element offsets), gradients mirror its gradient arena.
+ * Compiled only when the CUDA backend is configured. Tested by tests/cuda/test_model_cuda.c (exits 77 without a GPU). */
+#ifndef LLAVA_WORKER_MODEL_CUDA_H
+#define LLAVA_WORKER_MODEL_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/batch.h"
+#include "kernels/cuda/ops_cuda.h"
+#include "worker/model_llava.h"
+
+typedef struct llava_cuda llava_cuda_t;
+
+typedef struct {
+    int device;       /* CUDA device index */
+    cuda_dtype_t dt;  /* CUDA_DT_F32 (weights, activations, gradients fp32) or CUDA_DT_BF16 (fp32 master + moments) */
+    int recompute;    /* 1: keep only each layer's input; the backward re-runs each layer's forward first */
+} llava_cuda_opts_t;
+
+/** Uploads m's parameters to device o->device and creates the context. m stays owned by the caller and must
+ *  outlive the GPU model (names, layout, the host copies the download functions fill). Fails with LLAVA_ECUDA and
+ *  "no CUDA device" logged when the device does not exist. Returns 0, LLAVA_EINVAL, LLAVA_ENOMEM or LLAVA_ECUDA. */
+int llava_cuda_new(llava_model_t *m, const llava_cuda_opts_t *o, llava_cuda_t **out);
+void llava_cuda_free(llava_cuda_t **pg);
+
+/** As llava_forward_backward, on the GPU: gradients of the summed loss ACCUMULATE in the device gradient buffer
+ *  (zeroed first when accumulate == 0; a mode change reallocates and zeroes it and the moments). Synchronises to
+ *  return the loss sum and count. Returns 0, LLAVA_EINVAL (bad batch), LLAVA_ENOMEM or LLAVA_ECUDA. */
+int llava_cuda_forward_backward(llava_cuda_t *g, const batch_t *b, train_mode_t mode, double *loss_sum,
+                                int64_t *n_targets, int accumulate);
+
+/** Host copies (fp32) of what llava_cuda_forward_logits computed; valid until the next call. */
+typedef struct {
+    const float *logits; /* [B*T, V] */
+    const float *feats;  /* [images*feat_rows, Cv] (NULL without images) */
+    const float *pout;   /* [images*feat_rows, H] */
+} llava_cuda_fwd_t;
+/** Forward of every row, downloaded into host buffers owned by g. Returns as llava_cuda_forward_backward. */
+int llava_cuda_forward_logits(llava_cuda_t *g, const batch_t *b, llava_cuda_fwd_t *out);
+
+/** Allocates (zeroed) device and host gradient buffers for mode (see llava_grads_prepare). */
+int llava_cuda_grads_prepare(llava_cuda_t *g, train_mode_t mode);
+/** Zeroes the device gradient buffer. */
+int llava_cuda_grads_zero(llava_cuda_t *g);
+/** Downloads the device gradients (fp32) into the host gradient arena (m->grads, the layout llava_grads_data gives)
+ *  and returns it with its float count, for a host all-reduce or a comparison. NULL before grads_prepare or on a
+ *  CUDA error (logged). */
+float *llava_cuda_grads_download(llava_cuda_t *g, size_t *n);
+/** Replaces the device gradients with host[n] (n must be the gradient float count). */
+int llava_cuda_grads_upload(llava_cuda_t *g, const float *host, size_t n);
+/** As llava_adamw_step, on the device gradients and fp32 master weights: clip, AdamW (step count m->adam_t),
+ *  bf16 copy-out in bf16 mode, gradients zeroed. *grad_norm (may be NULL) gets the pre-clip norm. */
+int llava_cuda_adamw_step(llava_cuda_t *g, const adamw_opts_t *o, double scale, double *grad_norm);
+/** Device trainable weights (fp32 master) and moments into m->params / m->adam_m / m->adam_v (allocated here the
+ *  first time; for checkpoints and the training-state handover). */
+int llava_cuda_state_download(llava_cuda_t *g);
+/** The reverse: m's trainable weights and moments (after llava_train_state_import / llava_optim_load) to the device;
+ *  LLAVA_EINVAL when m has no moments. Zeroes the device gradients. */
+int llava_cuda_state_upload(llava_cuda_t *g);
+
+/** Bytes of device memory this model holds now (parameters, state, activations), for logs and the benchmark. */
+size_t llava_cuda_bytes(const llava_cuda_t *g);
+/** The stream all work is queued on (for timing with events). */
+cudaStream_t llava_cuda_stream(const llava_cuda_t *g);
+
+#endif
