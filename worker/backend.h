@@ -58,6 +58,12 @@ struct backend {
 int backend_sim_new(int mb_ms, backend_t **out);
 /** The model backend (LLaVA on the CPU kernels) with `threads` compute threads. */
 int backend_model_new(int threads, backend_t **out);
+/** The model backend on `device`: "cpu", "cuda" (= cuda:0) or "cuda:N" (the model on that GPU, worker/model_cuda.h).
+ *  Fails at once, with the reason logged, when the device does not exist: LLAVA_EINVAL (not a device name) or
+ *  LLAVA_EUNSUPPORTED ("no CUDA device", or a build without the CUDA backend). */
+int backend_model_new_device(int threads, const char *device, backend_t **out);
+/** Parses a device name into *gpu (-1 for the CPU) and checks that the device exists; errors as above. */
+int backend_model_device_parse(const char *device, int *gpu);
 /** Calls ops->destroy and NULLs *pb. Safe on NULL. */
 void backend_free(backend_t **pb);
 

@@ -1,7 +1,11 @@
 /* The model backend: the LLaVA model on the CPU kernels (worker/model_llava.h), fed by collate from the job's
  * LMDB dataset. Loads the starting weights the job names (a checkpoint to resume, a run or checkpoint dir to init
  * from, a whole HF LLaVA dir, or a CLIP dir + a LLaMA dir + a fresh projector); checkpoints hold the model in the
- * Hugging Face layout plus optimizer.safetensors. Tested by tests/integration/demo_small.sh (llava-run end to end) and test_cluster_model. */
+ * Hugging Face layout plus optimizer.safetensors. With a CUDA device (backend_model_new_device "cuda:N", builds with
+ * the CUDA backend) the same model runs on the GPU (worker/model_cuda.h): the host model keeps the names, files and
+ * the gradient buffer the all-reduce sees (downloaded after the micro-batches, uploaded for the optimizer step).
+ * Tested by tests/integration/demo_small.sh (llava-run end to end), test_cluster_model (CPU) and
+ * tests/unit/test_backend_device.c (device selection). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +17,10 @@
 #include "kernels/cpu/ops.h"
 #include "worker/backend.h"
 #include "worker/model_llava.h"
+#ifdef LLAVA_HAVE_CUDA
+#include "kernels/cuda/cuda_check.h"
+#include "worker/model_cuda.h"
+#endif
 
 typedef struct {
     llava_model_t *model;
@@ -21,6 +29,10 @@ typedef struct {
     collate_opts_t copts;
     adamw_opts_t adam;
     int bad_fail;
+    int gpu;                 /* CUDA device index, -1: the CPU */
+#ifdef LLAVA_HAVE_CUDA
+    llava_cuda_t *cuda;
+#endif
 } model_backend_t;
 
 static const cJSON *jget(const cJSON *o, const char *a, const char *b) {
@@ -82,6 +94,9 @@ static int load_weights(model_backend_t *mb, const cJSON *job, const cJSON *spec
 
 static void model_release(backend_t *b) {
     model_backend_t *mb = b->impl;
+#ifdef LLAVA_HAVE_CUDA
+    llava_cuda_free(&mb->cuda);
+#endif
     llava_model_free(&mb->model);
     ds_reader_close(&mb->data);
 }
@@ -90,6 +105,12 @@ static int model_job_load(backend_t *b, const cJSON *job, char *err, size_t errl
     model_backend_t *mb = b->impl;
     model_release(b);
     const cJSON *spec = cJSON_GetObjectItemCaseSensitive(job, "spec");
+    const char *jdev = jstr(spec, "cluster", "device");
+    if (jdev && strcmp(jdev, "cuda") == 0 && mb->gpu < 0) {
+        snprintf(err, errlen, "the job wants cluster.device: cuda but this worker runs on the CPU (start it with "
+                              "--device cuda or cuda:N)");
+        return LLAVA_EUNSUPPORTED;
+    }
     char from[2048];
     int rc = load_weights(mb, job, spec, from, sizeof from, err, errlen);
     if (rc) return rc;
@@ -112,6 +133,27 @@ static int model_job_load(backend_t *b, const cJSON *job, char *err, size_t errl
             return rc;
         }
     }
+#ifdef LLAVA_HAVE_CUDA
+    if (mb->gpu >= 0) {
+        const char *prec = jstr(spec, "train", "precision");
+        const char *rc_env = getenv("LLAVA_CUDA_RECOMPUTE");
+        llava_cuda_opts_t o = {.device = mb->gpu, .dt = prec && strcmp(prec, "fp32") == 0 ? CUDA_DT_F32 : CUDA_DT_BF16,
+                               .recompute = rc_env && strcmp(rc_env, "1") == 0};
+        int adam_t = mb->model->adam_t;
+        rc = llava_cuda_new(mb->model, &o, &mb->cuda);
+        if (!rc) rc = llava_cuda_grads_prepare(mb->cuda, mb->mode);
+        if (!rc && cJSON_IsString(resume)) {
+            mb->model->adam_t = adam_t; /* grads_prepare starts a fresh optimizer; the resumed one continues */
+            rc = llava_cuda_state_upload(mb->cuda);
+        }
+        if (rc) {
+            snprintf(err, errlen, "cannot put the model on cuda:%d: %s (see the worker log)", mb->gpu, err_str(rc));
+            return rc;
+        }
+        LOG_I("model on cuda:%d (%s%s), %.2f GiB of device memory", mb->gpu, o.dt == CUDA_DT_F32 ? "fp32" : "bf16",
+              o.recompute ? ", recomputation" : "", (double)llava_cuda_bytes(mb->cuda) / (1 << 30));
+    }
+#endif
     const char *train = jstr(spec, "data", "train");
     rc = train ? ds_reader_open(train, &mb->data) : LLAVA_ECONFIG;
     if (rc) {
@@ -151,7 +193,12 @@ static int model_run_mb(backend_t *b, const int64_t *samples, int n, mb_result_t
     }
     double loss = 0;
     int64_t nt = 0;
-    rc = llava_forward_backward(mb->model, &batch, mb->mode, &loss, &nt, 1);
+#ifdef LLAVA_HAVE_CUDA
+    if (mb->cuda)
+        rc = llava_cuda_forward_backward(mb->cuda, &batch, mb->mode, &loss, &nt, 1);
+    else
+#endif
+        rc = llava_forward_backward(mb->model, &batch, mb->mode, &loss, &nt, 1);
     if (rc) snprintf(err, errlen, "forward/backward failed: %s", err_str(rc));
     out->loss_sum = loss;
     out->n_targets = nt;
@@ -162,6 +209,9 @@ static int model_run_mb(backend_t *b, const int64_t *samples, int n, mb_result_t
 
 static float *model_grads(backend_t *b, size_t *n) {
     model_backend_t *mb = b->impl;
+#ifdef LLAVA_HAVE_CUDA
+    if (mb->cuda) return llava_cuda_grads_download(mb->cuda, n);
+#endif
     return llava_grads_data(mb->model, n);
 }
 
@@ -171,23 +221,52 @@ static int model_apply(backend_t *b, float *g, double scale, double lr, int64_t 
     model_backend_t *mb = b->impl;
     size_t n = 0;
     float *acc = llava_grads_data(mb->model, &n);
-    memcpy(acc, g, n * sizeof *acc); /* the optimizer reads the model's gradient arena */
     mb->adam.lr = lr;
+#ifdef LLAVA_HAVE_CUDA
+    if (mb->cuda) {
+        int rc = llava_cuda_grads_upload(mb->cuda, g, n);
+        if (!rc) rc = llava_cuda_adamw_step(mb->cuda, &mb->adam, scale, grad_norm);
+        if (rc) snprintf(err, errlen, "optimizer step on cuda:%d failed: %s", mb->gpu, err_str(rc));
+        return rc;
+    }
+#endif
+    memcpy(acc, g, n * sizeof *acc); /* the optimizer reads the model's gradient arena */
     int rc = llava_adamw_step(mb->model, &mb->adam, scale, grad_norm);
     if (rc) snprintf(err, errlen, "optimizer step failed: %s", err_str(rc));
     return rc;
 }
 
-static void model_zero(backend_t *b) { llava_grads_zero(((model_backend_t *)b->impl)->model); }
+static void model_zero(backend_t *b) {
+    model_backend_t *mb = b->impl;
+#ifdef LLAVA_HAVE_CUDA
+    if (mb->cuda) llava_cuda_grads_zero(mb->cuda);
+#endif
+    llava_grads_zero(mb->model);
+}
+
+/* The GPU's trainable weights and moments into the host model (before it is saved or exported). */
+static int sync_to_host(model_backend_t *mb) {
+#ifdef LLAVA_HAVE_CUDA
+    if (mb->cuda) return llava_cuda_state_download(mb->cuda);
+#else
+    (void)mb;
+#endif
+    return 0;
+}
 
 static int model_state_export(backend_t *b, void **buf, size_t *len, char *err, size_t errlen) {
-    int rc = llava_train_state_export(((model_backend_t *)b->impl)->model, buf, len);
+    int rc = sync_to_host(b->impl);
+    if (!rc) rc = llava_train_state_export(((model_backend_t *)b->impl)->model, buf, len);
     if (rc) snprintf(err, errlen, "cannot export the training state: %s", err_str(rc));
     return rc;
 }
 
 static int model_state_import(backend_t *b, const void *buf, size_t len, char *err, size_t errlen) {
-    int rc = llava_train_state_import(((model_backend_t *)b->impl)->model, buf, len);
+    model_backend_t *mb = b->impl;
+    int rc = llava_train_state_import(mb->model, buf, len);
+#ifdef LLAVA_HAVE_CUDA
+    if (!rc && mb->cuda) rc = llava_cuda_state_upload(mb->cuda);
+#endif
     if (rc) snprintf(err, errlen, "cannot import the training state: %s (see the worker log)", err_str(rc));
     return rc;
 }
@@ -195,7 +274,12 @@ static int model_state_import(backend_t *b, const void *buf, size_t len, char *e
 static int model_checkpoint(backend_t *b, const char *dir, const cJSON *trainer_state, char *err, size_t errlen) {
     (void)trainer_state;
     model_backend_t *mb = b->impl;
-    int rc = llava_model_save(mb->model, dir, (size_t)5 << 30);
+    int rc = sync_to_host(mb);
+    if (rc) {
+        snprintf(err, errlen, "cannot copy the training state from cuda:%d: %s", mb->gpu, err_str(rc));
+        return rc;
+    }
+    rc = llava_model_save(mb->model, dir, (size_t)5 << 30);
     if (rc) {
         snprintf(err, errlen, "cannot save the model into %s: %s", dir, err_str(rc));
         return rc;
@@ -220,7 +304,37 @@ static const backend_ops_t k_model_ops = {
     .destroy = model_destroy,
 };
 
-int backend_model_new(int threads, backend_t **out) {
+int backend_model_device_parse(const char *device, int *gpu) {
+    int rc = 0;
+    *gpu = -1;
+    if (!device || strcmp(device, "cpu") == 0) return 0;
+    char *end = NULL;
+    long idx = 0;
+    if (strcmp(device, "cuda") != 0) {
+        CHECK_GOTO(strncmp(device, "cuda:", 5) == 0, LLAVA_EINVAL, "device '%s': want cpu, cuda or cuda:N", device);
+        idx = strtol(device + 5, &end, 10);
+        CHECK_GOTO(end != device + 5 && *end == 0 && idx >= 0 && idx < 1024, LLAVA_EINVAL,
+                   "device '%s': want cpu, cuda or cuda:N", device);
+    }
+#ifdef LLAVA_HAVE_CUDA
+    int n = cuda_device_count();
+    CHECK_GOTO(n > 0, LLAVA_EUNSUPPORTED, "device '%s': no CUDA device (the driver reports none)", device);
+    CHECK_GOTO(idx < n, LLAVA_EUNSUPPORTED, "device '%s': no CUDA device %ld (this machine has %d)", device, idx, n);
+    *gpu = (int)idx;
+#else
+    CHECK_GOTO(0, LLAVA_EUNSUPPORTED, "device '%s': this build has no CUDA backend (configure with nvcc present)",
+               device);
+#endif
+cleanup:
+    return rc;
+}
+
+int backend_model_new(int threads, backend_t **out) { return backend_model_new_device(threads, "cpu", out); }
+
+int backend_model_new_device(int threads, const char *device, backend_t **out) {
+    int gpu = -1;
+    int rc = backend_model_device_parse(device, &gpu);
+    if (rc) return rc;
     backend_t *b = calloc(1, sizeof *b);
     model_backend_t *mb = calloc(1, sizeof *mb);
     if (!b || !mb) {
@@ -228,6 +342,7 @@ int backend_model_new(int threads, backend_t **out) {
         free(mb);
         return LLAVA_ENOMEM;
     }
+    mb->gpu = gpu;
     kernels_set_threads(threads);
     b->ops = &k_model_ops;
     b->impl = mb;

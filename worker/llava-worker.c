@@ -9,6 +9,7 @@
 
 #include "common/err.h"
 #include "common/mpilaunch.h"
+#include "worker/backend.h"
 #include "worker/omp_policy.h"
 #include "worker/worker.h"
 
@@ -25,7 +26,9 @@ static void usage(FILE *f) {
             "A worker daemon: runs forward/backward of the jobs the coordinator assigns.\n\n"
             "  --coordinator EP   coordinator endpoint (e.g. tcp://127.0.0.1:5555; env LLAVA_COORDINATOR)\n"
             "  --threads N        compute threads (default 1)\n"
-            "  --device DEV       cpu (default); under --mpi, cuda means cuda:<index of this worker on its node>\n"
+            "  --device DEV       cpu (default), cuda (= cuda:0) or cuda:N (builds with the CUDA backend; exits at once\n"
+            "                     with \"no CUDA device\" when there is none); under --mpi, cuda means\n"
+            "                     cuda:<index of this worker on its node>\n"
             "  --bind-host ADDR   address for the all-reduce endpoint (default 127.0.0.1)\n"
             "  --backend NAME     model (default) or sim (no model: for tests and benchmarks)\n"
             "  --sim-mb-ms MS     sim backend: milliseconds per micro-batch (default 0)\n"
@@ -93,8 +96,9 @@ int main(int argc, char **argv) {
         }
         log_set_role("worker", mpi.spawned ? -1 : mpi.rank);
     }
-    if (strcmp(cfg.device, "cpu") != 0) {
-        fprintf(stderr, "llava-worker: device '%s' is not available in this build (cpu only)\n", cfg.device);
+    int gpu = -1;
+    if (backend_model_device_parse(cfg.device, &gpu) != 0) { /* fail fast: before connecting to anyone */
+        fprintf(stderr, "llava-worker: device '%s' is not usable here (see the error above)\n", cfg.device);
         return use_mpi ? mpilaunch_finalize(2) : 2;
     }
     struct sigaction sa = {0};

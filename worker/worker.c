@@ -169,7 +169,7 @@ int worker_run(const worker_config_t *cfg, volatile sig_atomic_t *stop) {
     x->heartbeat_ms = 500;
     x->worker_id = -1;
     int rc = strcmp(cfg->backend, "sim") == 0 ? backend_sim_new(cfg->sim_mb_ms, &x->backend)
-                                              : backend_model_new(cfg->threads, &x->backend);
+                                              : backend_model_new_device(cfg->threads, cfg->device, &x->backend);
     if (rc) {
         LOG_E("cannot create the %s backend: %s", cfg->backend, err_str(rc));
         goto cleanup;
