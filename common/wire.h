@@ -43,7 +43,7 @@ typedef enum {
     MSG_ABORT,         /* {reason}: drop the step's in-flight work (new generation follows) */
     MSG_RELEASE,       /* {}: job over; unload and wait for the next */
     MSG_SHUTDOWN,      /* {}: exit */
-    MSG_PEERS,         /* {peers[]}: every member bound its endpoint for this generation; connect the ring */
+    MSG_PEERS,         /* {peers[], nccl_id?}: every member bound its endpoint for this generation; connect the ring (GPU: and NCCL) */
     MSG_STATE_SEND,    /* {endpoint}: push the training state (after APPLY of step-1) to a joining worker */
     MSG_STATE_RECV,    /* {}: receive the training state of `step` on the endpoint reported in READY */
     /* llavactl <-> coordinator */

@@ -35,6 +35,7 @@ typedef struct {
     int64_t progress;
     int rank;          /* in the running job's generation; -1 if none */
     char endpoint[128];
+    char nccl_id[272]; /* GPU workers: rank 0's NCCL unique id (hex) for this generation, relayed with the peers */
     int inflight;      /* micro-batches sent and not reported */
     int64_t mbs_done;
     double mb_ms;      /* moving average time per micro-batch */

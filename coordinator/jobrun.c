@@ -578,9 +578,11 @@ static void connect_ring(coord_t *c) {
     jobrun_t *j = c->job;
     cJSON *peers = cJSON_CreateArray();
     for (int r = 0; r < j->nmembers; r++) cJSON_AddItemToArray(peers, cJSON_CreateString(member(c, r)->endpoint));
+    const char *nccl_id = j->nmembers > 0 ? member(c, 0)->nccl_id : "";
     for (int r = 0; r < j->nmembers; r++) {
         cJSON *b = cJSON_CreateObject();
         cJSON_AddItemToObject(b, "peers", cJSON_Duplicate(peers, 1));
+        if (*nccl_id) cJSON_AddStringToObject(b, "nccl_id", nccl_id); /* GPU workers: NCCL instead of the ring */
         send_simple(c, member(c, r), MSG_PEERS, b);
     }
     cJSON_Delete(peers);
@@ -602,6 +604,7 @@ static void on_ready(coord_t *c, worker_t *w, const wire_msg_t *m) {
     }
     if (m->generation != j->gen || j->ring_connected) return; /* an older generation's endpoint */
     snprintf(w->endpoint, sizeof w->endpoint, "%s", wire_get_str(m->body, "endpoint", ""));
+    snprintf(w->nccl_id, sizeof w->nccl_id, "%s", wire_get_str(m->body, "nccl_id", ""));
     w->ring_gen = j->gen;
     for (int r = 0; r < j->nmembers; r++)
         if (member(c, r)->ring_gen != j->gen) return;

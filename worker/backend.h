@@ -45,6 +45,21 @@ typedef struct {
     int (*checkpoint)(backend_t *b, const char *dir, const cJSON *trainer_state, char *err, size_t errlen);
     /** Drops the job's model and data. */
     void (*job_release)(backend_t *b);
+    /* Device collectives (NCCL), optional: NULL in backends without them. When the coordinator relays a
+     * communicator id with the peers, the compute thread all-reduces with dev_allreduce instead of the ZeroMQ ring,
+     * and apply then ignores its `g` (the sum is already in the device gradients). */
+    /** Rank 0 of a generation: writes a new communicator id (hex, NUL-terminated) into id. Returns 1 (written),
+     *  0 (this job runs without device collectives: use the ring) or a negative error. */
+    int (*dev_comm_id)(backend_t *b, char *id, size_t len);
+    /** Joins the generation's communicator with rank 0's id; a previous one is closed first. Returns 0 or an
+     *  error (LLAVA_ETIMEOUT, LLAVA_EABORTED when abort_fn said so, LLAVA_ECUDA). */
+    int (*dev_comm_open)(backend_t *b, const char *id, int rank, int world, uint64_t generation, int timeout_ms,
+                         int (*abort_fn)(void *), void *ud);
+    /** Sums the accumulated gradients over the communicator's ranks in place on the device; *sumsq gets the
+     *  squared norm of the sum (unscaled). Returns as dev_comm_open; after a failure the communicator is closed. */
+    int (*dev_allreduce)(backend_t *b, int timeout_ms, int (*abort_fn)(void *), void *ud, double *sumsq);
+    /** Closes the communicator (a new generation, an abort). NULL-safe inside. */
+    void (*dev_comm_close)(backend_t *b);
     void (*destroy)(backend_t *b);
 } backend_ops_t;
 

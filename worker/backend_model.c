@@ -19,6 +19,7 @@
 #include "worker/model_llava.h"
 #ifdef LLAVA_HAVE_CUDA
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/nccl_comm.h"
 #include "worker/model_cuda.h"
 #endif
 
@@ -32,6 +33,8 @@ typedef struct {
     int gpu;                 /* CUDA device index, -1: the CPU */
 #ifdef LLAVA_HAVE_CUDA
     llava_cuda_t *cuda;
+    nccl_comm_t *nccl;       /* this generation's communicator (the coordinator relayed rank 0's id), or NULL */
+    int dev_reduced;         /* the device gradients hold this step's all-reduced sum: apply ignores `g` */
 #endif
 } model_backend_t;
 
@@ -95,7 +98,9 @@ static int load_weights(model_backend_t *mb, const cJSON *job, const cJSON *spec
 static void model_release(backend_t *b) {
     model_backend_t *mb = b->impl;
 #ifdef LLAVA_HAVE_CUDA
+    nccl_comm_close(&mb->nccl, 1000);
     llava_cuda_free(&mb->cuda);
+    mb->dev_reduced = 0;
 #endif
     llava_model_free(&mb->model);
     ds_reader_close(&mb->data);
@@ -224,7 +229,8 @@ static int model_apply(backend_t *b, float *g, double scale, double lr, int64_t 
     mb->adam.lr = lr;
 #ifdef LLAVA_HAVE_CUDA
     if (mb->cuda) {
-        int rc = llava_cuda_grads_upload(mb->cuda, g, n);
+        int rc = mb->dev_reduced ? 0 : llava_cuda_grads_upload(mb->cuda, g, n);
+        mb->dev_reduced = 0;
         if (!rc) rc = llava_cuda_adamw_step(mb->cuda, &mb->adam, scale, grad_norm);
         if (rc) snprintf(err, errlen, "optimizer step on cuda:%d failed: %s", mb->gpu, err_str(rc));
         return rc;
@@ -240,6 +246,7 @@ static void model_zero(backend_t *b) {
     model_backend_t *mb = b->impl;
 #ifdef LLAVA_HAVE_CUDA
     if (mb->cuda) llava_cuda_grads_zero(mb->cuda);
+    mb->dev_reduced = 0;
 #endif
     llava_grads_zero(mb->model);
 }
@@ -291,6 +298,64 @@ static int model_checkpoint(backend_t *b, const char *dir, const cJSON *trainer_
     return rc;
 }
 
+#ifdef LLAVA_HAVE_CUDA
+/* NCCL for the GPU model: rank 0 makes the id, the coordinator relays it with the ring peers (hex text). */
+static int model_dev_comm_id(backend_t *b, char *id, size_t len) {
+    int rc = 0;
+    model_backend_t *mb = b->impl;
+    unsigned char uid[NCCL_UID_BYTES];
+    if (!mb->cuda) return 0;
+    CHECK_GOTO(len >= 2 * NCCL_UID_BYTES + 1, LLAVA_EINVAL, "dev_comm_id: buffer of %zu bytes", len);
+    RC_CHECK_GOTO(nccl_uid_new(uid));
+    for (int i = 0; i < NCCL_UID_BYTES; i++) snprintf(id + 2 * i, 3, "%02x", uid[i]);
+    return 1;
+cleanup:
+    return rc;
+}
+
+static void model_dev_comm_close(backend_t *b) {
+    model_backend_t *mb = b->impl;
+    nccl_comm_close(&mb->nccl, 1000);
+}
+
+static int model_dev_comm_open(backend_t *b, const char *id, int rank, int world, uint64_t generation,
+                               int timeout_ms, int (*abort_fn)(void *), void *ud) {
+    int rc = 0;
+    model_backend_t *mb = b->impl;
+    unsigned char uid[NCCL_UID_BYTES];
+    model_dev_comm_close(b);
+    CHECK_GOTO(mb->cuda, LLAVA_EINVAL, "a device communicator for a job that is not on a GPU");
+    CHECK_GOTO(id && strlen(id) == 2 * NCCL_UID_BYTES, LLAVA_EINVAL, "malformed NCCL id (%zu hex digits)",
+               id ? strlen(id) : 0);
+    for (int i = 0; i < NCCL_UID_BYTES; i++) {
+        unsigned v = 0;
+        CHECK_GOTO(sscanf(id + 2 * i, "%2x", &v) == 1, LLAVA_EINVAL, "malformed NCCL id at digit %d", 2 * i);
+        uid[i] = (unsigned char)v;
+    }
+    RC_CHECK_GOTO(nccl_comm_open(&mb->nccl, uid, world, rank, mb->gpu, generation, timeout_ms, abort_fn, ud));
+    LOG_I("NCCL communicator of generation %llu: rank %d of %d on cuda:%d", (unsigned long long)generation, rank,
+          world, mb->gpu);
+cleanup:
+    return rc;
+}
+
+static int model_dev_allreduce(backend_t *b, int timeout_ms, int (*abort_fn)(void *), void *ud, double *sumsq) {
+    int rc = 0;
+    model_backend_t *mb = b->impl;
+    void *d = NULL;
+    size_t n = 0;
+    cuda_dtype_t dt;
+    CHECK_GOTO(mb->cuda && mb->nccl, LLAVA_EINVAL, "device all-reduce without a communicator");
+    RC_CHECK_GOTO(llava_cuda_grads_device(mb->cuda, &d, &n, &dt));
+    RC_CHECK_GOTO(nccl_allreduce(mb->nccl, d, d, n, dt, llava_cuda_stream(mb->cuda), timeout_ms, abort_fn, ud));
+    RC_CHECK_GOTO(llava_cuda_grads_norm_sq(mb->cuda, sumsq));
+    mb->dev_reduced = 1;
+cleanup:
+    if (rc) model_dev_comm_close(b); /* aborted or failed: unusable; the next generation opens a new one */
+    return rc;
+}
+#endif
+
 static void model_destroy(backend_t *b) {
     model_release(b);
     free(b->impl);
@@ -302,6 +367,10 @@ static const backend_ops_t k_model_ops = {
     .apply = model_apply, .zero_grads = model_zero, .state_export = model_state_export,
     .state_import = model_state_import, .checkpoint = model_checkpoint, .job_release = model_release,
     .destroy = model_destroy,
+#ifdef LLAVA_HAVE_CUDA
+    .dev_comm_id = model_dev_comm_id, .dev_comm_open = model_dev_comm_open, .dev_allreduce = model_dev_allreduce,
+    .dev_comm_close = model_dev_comm_close,
+#endif
 };
 
 int backend_model_device_parse(const char *device, int *gpu) {

@@ -725,6 +725,26 @@ cleanup:
     return rc;
 }
 
+int llava_cuda_grads_device(llava_cuda_t *g, void **dev, size_t *n, cuda_dtype_t *dt) {
+    int rc = 0;
+    CHECK_GOTO(g->have_grads, LLAVA_EINVAL, "llava_cuda_grads_device: no gradients prepared");
+    *dev = g->grads;
+    *n = g->n_train;
+    *dt = g->dt;
+cleanup:
+    return rc;
+}
+
+int llava_cuda_grads_norm_sq(llava_cuda_t *g, double *out) {
+    int rc = 0;
+    CHECK_GOTO(g->have_grads, LLAVA_EINVAL, "llava_cuda_grads_norm_sq: no gradients prepared");
+    RC_CHECK_GOTO(cuda_global_norm_sq(g->ctx, g->d_f64 + 1, g->grads, (long)g->n_train, 0, g->dt, g->s));
+    CUDA_CHECK_GOTO(cudaMemcpyAsync(out, g->d_f64 + 1, sizeof *out, cudaMemcpyDeviceToHost, g->s));
+    CUDA_CHECK_GOTO(cudaStreamSynchronize(g->s));
+cleanup:
+    return rc;
+}
+
 size_t llava_cuda_bytes(const llava_cuda_t *g) {
     size_t train = g->have_grads ? g->n_train * (g->dts + 8 + (g->master != g->params ? 4 : 0)) : 0;
     return g->bytes_fixed + g->bytes_acts + train;

@@ -63,6 +63,12 @@ int llava_cuda_state_download(llava_cuda_t *g);
  *  LLAVA_EINVAL when m has no moments. Zeroes the device gradients. */
 int llava_cuda_state_upload(llava_cuda_t *g);
 
+/** The device gradient buffer (dtype *dt, *n elements, the host gradient arena's layout), for a device all-reduce
+ *  on llava_cuda_stream. Returns 0 or LLAVA_EINVAL before grads_prepare. */
+int llava_cuda_grads_device(llava_cuda_t *g, void **dev, size_t *n, cuda_dtype_t *dt);
+/** *out = sum of squares of the device gradients (synchronises). */
+int llava_cuda_grads_norm_sq(llava_cuda_t *g, double *out);
+
 /** Bytes of device memory this model holds now (parameters, state, activations), for logs and the benchmark. */
 size_t llava_cuda_bytes(const llava_cuda_t *g);
 /** The stream all work is queued on (for timing with events). */

@@ -37,6 +37,7 @@ typedef struct {
     int hang_timeout_ms;
     int64_t fence_at_gen;
     void *state_sock; /* a joining worker's PULL endpoint for the training state */
+    int dev_comm;     /* this generation all-reduces on the device (NCCL id relayed with the peers) */
 } compute_t;
 
 static void reply(compute_t *k, int type, int64_t step, cJSON *body) {
@@ -267,6 +268,9 @@ static void on_state_recv(compute_t *k, const wire_msg_t *m) {
 /* A new membership: a fresh comm for this generation, bound, its endpoint reported; PEERS connects it. */
 static void on_generation(compute_t *k, const wire_msg_t *m) {
     comm_destroy(&k->comm); /* also releases any piece of a broken all-reduce still pointing into rbuf */
+    const backend_ops_t *ops = k->x->backend->ops;
+    if (ops->dev_comm_close) ops->dev_comm_close(k->x->backend);
+    k->dev_comm = 0;
     k->gen = m->generation;
     k->fence_at_gen = atomic_load(&k->x->fence);
     k->reduced = 0;
@@ -290,6 +294,14 @@ static void on_generation(compute_t *k, const wire_msg_t *m) {
     }
     cJSON *b = cJSON_CreateObject();
     cJSON_AddStringToObject(b, "endpoint", ep ? ep : "");
+    char nid[300];
+    rc = k->rank == 0 && ops->dev_comm_id ? ops->dev_comm_id(k->x->backend, nid, sizeof nid) : 0;
+    if (rc < 0) {
+        cJSON_Delete(b);
+        fail(k, -1, "making the NCCL id", err_str(rc));
+        return;
+    }
+    if (rc == 1) cJSON_AddStringToObject(b, "nccl_id", nid); /* the coordinator relays it with the peers */
     reply(k, MSG_READY, -1, b);
 }
 
@@ -311,7 +323,18 @@ static void on_peers(compute_t *k, const wire_msg_t *m) {
     }
     int rc = comm_connect(k->comm, eps, n);
     free(eps);
-    if (rc) fail(k, -1, "connecting the all-reduce ring", err_str(rc));
+    if (rc) {
+        fail(k, -1, "connecting the all-reduce ring", err_str(rc));
+        return;
+    }
+    const char *nid = wire_get_str(m->body, "nccl_id", "");
+    const backend_ops_t *ops = k->x->backend->ops;
+    if (*nid && ops->dev_comm_open) {
+        rc = ops->dev_comm_open(k->x->backend, nid, k->rank, k->world, k->gen, 2 * k->hang_timeout_ms, aborted, k);
+        if (rc == LLAVA_EABORTED) return; /* a new generation follows */
+        if (rc) fail(k, -1, "joining the NCCL communicator", err_str(rc));
+        k->dev_comm = rc == 0;
+    }
 }
 
 static void on_mb(compute_t *k, const wire_msg_t *m) {
@@ -341,7 +364,11 @@ static void on_mb(compute_t *k, const wire_msg_t *m) {
 
 static void on_reduce(compute_t *k, const wire_msg_t *m) {
     size_t n = 0;
-    float *g = k->x->backend->ops->grads(k->x->backend, &n);
+    float *g = k->dev_comm ? NULL : k->x->backend->ops->grads(k->x->backend, &n); /* NCCL: stays on the device */
+    if (!g && !k->dev_comm) {
+        fail(k, m->step, "all-reduce", "the backend has no gradient buffer (see the worker log)");
+        return;
+    }
     int64_t n_targets = wire_get_i64(m->body, "n_targets", 0);
     k->lr = wire_get_num(m->body, "lr", 0);
     k->scale = n_targets > 0 ? 1.0 / (double)n_targets : 0.0;
@@ -358,8 +385,15 @@ static void on_reduce(compute_t *k, const wire_msg_t *m) {
         fail(k, m->step, "all-reduce", "no ring for this generation");
         return;
     }
-    memcpy(k->rbuf, g, n * sizeof(float)); /* the accumulator survives a broken all-reduce */
-    int rc = comm_allreduce(k->comm, k->rbuf, n, (uint64_t)m->step, 2 * k->hang_timeout_ms, aborted, k);
+    double dev_ss = 0;
+    int rc;
+    if (k->dev_comm) { /* NCCL on the device gradients: no host copy, no ring */
+        rc = k->x->backend->ops->dev_allreduce(k->x->backend, 2 * k->hang_timeout_ms, aborted, k, &dev_ss);
+        if (rc) k->dev_comm = 0; /* the backend closed it */
+    } else {
+        memcpy(k->rbuf, g, n * sizeof(float)); /* the accumulator survives a broken all-reduce */
+        rc = comm_allreduce(k->comm, k->rbuf, n, (uint64_t)m->step, 2 * k->hang_timeout_ms, aborted, k);
+    }
     int suspect = (k->rank + k->world - 1) % k->world; /* a ring waits on its left neighbour */
     atomic_fetch_add(&k->x->progress, 1);
     if (rc) comm_destroy(&k->comm); /* drops ZeroMQ's references into rbuf */
@@ -375,8 +409,8 @@ static void on_reduce(compute_t *k, const wire_msg_t *m) {
         cJSON_AddNumberToObject(b, "suspect", suspect);
         LOG_W("step %lld: %s (suspect rank %d)", (long long)m->step, why, suspect);
     } else {
-        double ss = 0;
-        for (size_t i = 0; i < n; i++) ss += (double)k->rbuf[i] * (double)k->rbuf[i];
+        double ss = dev_ss;
+        for (size_t i = 0; !k->dev_comm && i < n; i++) ss += (double)k->rbuf[i] * (double)k->rbuf[i];
         cJSON_AddNumberToObject(b, "grad_norm", sqrt(ss) * k->scale);
         k->reduced = 1;
         k->reduced_step = m->step;

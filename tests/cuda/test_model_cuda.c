@@ -88,6 +88,57 @@ static void cmp_grads(const char *cs, const prec_t *p, const char *stage, llava_
            matched, arena_count(m->grads));
 }
 
+/* Parameters after the AdamW steps, as tests/unit/test_model_parity.c checks them: Adam moves a weight by about
+ * lr * g / (|g| + eps), so where the reference gradient is below what the gradient check resolves
+ * (|g| <= tol_grad * max|g|) an allowed gradient error can change the update by up to 2 lr per step; those elements
+ * are held to |diff| <= 2 * sum(lr), all others to tol_adam relative to the tensor's max. */
+static void cmp_params(const char *cs, const prec_t *p, llava_model_t *m, const st_file_t *exp,
+                       const char *grad_prefix, double sum_lr) {
+    char canon[512], gname[600];
+    int matched = 0;
+    long loose_total = 0;
+    for (int i = 0; i < st_file_count(exp); i++) {
+        const st_tensor_t *t = st_file_at(exp, i);
+        if (strncmp(t->name, "adamw.", 6) != 0 || !strchr(t->name + 6, '.')) continue;
+        if (!llava_name_canonical(t->name + 6, canon, sizeof canon)) continue;
+        tensor_t *pt = arena_get(m->params, canon);
+        CHECKF(pt != NULL, "%s: adamw: no parameter '%s'", cs, canon);
+        if (!pt) continue;
+        matched++;
+        long n = (long)tensor_numel(pt);
+        snprintf(gname, sizeof gname, "%s%s", grad_prefix, t->name + 6);
+        const st_tensor_t *gt = st_file_find(exp, gname);
+        CHECKF(gt != NULL && st_tensor_numel(gt) == n && st_tensor_numel(t) == n,
+               "%s: adamw: '%s' or its gradient '%s' missing or of the wrong size", cs, t->name, gname);
+        if (!gt || st_tensor_numel(gt) != n || st_tensor_numel(t) != n) continue;
+        float *want = malloc((size_t)n * sizeof(float)), *gr = malloc((size_t)n * sizeof(float)),
+              *got = malloc((size_t)n * sizeof(float));
+        CHECK(want && gr && got && st_tensor_to_f32(t, want, n) == 0 && st_tensor_to_f32(gt, gr, n) == 0);
+        if (!want || !gr || !got) {
+            free(want), free(gr), free(got);
+            continue;
+        }
+        double gmax = 0;
+        for (long j = 0; j < n; j++) gmax = fabs(gr[j]) > gmax ? fabs(gr[j]) : gmax;
+        for (long j = 0; j < n; j++) {
+            got[j] = ((const float *)pt->data)[j];
+            if (fabs(gr[j]) <= p->tol_grad * gmax) {
+                loose_total++;
+                CHECKF(fabs(got[j] - want[j]) <= 2 * sum_lr, "%s/%s: adamw: '%s' [%ld] (gradient %.3g of max %.3g) "
+                       "moved to %.8g, HF %.8g: more than 2 * sum(lr) apart", cs, p->name, t->name, j, gr[j], gmax,
+                       got[j], want[j]);
+                got[j] = want[j]; /* checked above; the relative check covers the resolved elements */
+            }
+        }
+        cmp(cs, p, p->tol_adam, "adamw", exp, t->name, got, n);
+        free(want), free(gr), free(got);
+    }
+    printf("  %-10s %-8s adamw: %ld element(s) with unresolved gradients held to 2 * sum(lr) = %.3g\n", cs, p->name,
+           loose_total, 2 * sum_lr);
+    CHECKF(matched == arena_count(m->grads), "%s/%s: adamw: %d expected parameters, %d trainable", cs, p->name,
+           matched, arena_count(m->grads));
+}
+
 /* Gradients of the recompute run must be bit-identical to the plain fp32 run (same kernels, same order). */
 static float *g_plain_grads[2];
 static size_t g_plain_n[2];
@@ -164,6 +215,7 @@ static void run_case(const char *cs, const prec_t *p) {
     train_mode_t mode = am && strcmp(am, "all") == 0 ? TRAIN_ALL : TRAIN_PROJECTOR;
     adamw_opts_t ao = {.lr = 0, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .weight_decay = wd ? atof(wd) : 0,
                        .max_grad_norm = 1.0};
+    double sum_lr = 0;
     for (int step = 0; step < 3; step++) {
         double ls = 0;
         int64_t nt = 0;
@@ -173,22 +225,10 @@ static void run_case(const char *cs, const prec_t *p) {
                "%s/%s: adamw step %d loss %.8g, HF %.8g", cs, p->name, step, ls / (double)(nt ? nt : 1), want);
         ao.lr = lr_at_step(step, 4, 1, 1e-3, LR_COSINE);
         CHECK_RC(llava_cuda_adamw_step(g, &ao, 1.0 / (double)(nt ? nt : 1), NULL), 0);
+        sum_lr += ao.lr;
     }
     CHECK_RC(llava_cuda_state_download(g), 0);
-    char canon[512];
-    int matched = 0;
-    for (int i = 0; i < st_file_count(exp); i++) {
-        const st_tensor_t *t = st_file_at(exp, i);
-        if (strncmp(t->name, "adamw.", 6) != 0 || !strchr(t->name + 6, '.')) continue;
-        if (!llava_name_canonical(t->name + 6, canon, sizeof canon)) continue;
-        tensor_t *pt = arena_get(m->params, canon);
-        CHECKF(pt != NULL, "%s: adamw: no parameter '%s'", cs, canon);
-        if (!pt) continue;
-        cmp(cs, p, p->tol_adam, "adamw", exp, t->name, (const float *)pt->data, (long)tensor_numel(pt));
-        matched++;
-    }
-    CHECKF(matched == arena_count(m->grads), "%s/%s: adamw: %d expected parameters, %d trainable", cs, p->name,
-           matched, arena_count(m->grads));
+    cmp_params(cs, p, m, exp, mode == TRAIN_ALL ? "grad.all." : "grad.projector.", sum_lr);
 done:
     llava_cuda_free(&g);
     llava_model_free(&m);
