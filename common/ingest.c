@@ -431,6 +431,7 @@ static char *params_line(const ingest_opts_t *o, uint64_t tok_hash) {
     cJSON_AddStringToObject(p, "tokenizer_hash", h);
     cJSON_AddStringToObject(p, "template", template_name(o->tpl));
     cJSON_AddNumberToObject(p, "image_size", o->image_size);
+    cJSON_AddNumberToObject(p, "patch_size", o->patch_size > 0 ? o->patch_size : DS_PATCH_SIZE);
     cJSON_AddBoolToObject(p, "pad", o->pad);
     cJSON_AddNumberToObject(p, "shard_samples", o->shard_samples);
     cJSON_AddNumberToObject(p, "max_seq_len", o->max_seq_len);
@@ -845,11 +846,11 @@ int ingest_run(const ingest_opts_t *o, ingest_stats_t *stats) {
     ingest_stats_t st = {0};
     memset(&p, 0, sizeof p);
     char path[4300];
+    int patch = o->patch_size > 0 ? o->patch_size : DS_PATCH_SIZE;
     CHECK_GOTO(o->json_path && o->images_dir && o->tokenizer_path && o->out_dir && o->image_size > 0 &&
-                   o->image_size % DS_PATCH_SIZE == 0 && o->shard_samples > 0 && o->jobs > 0 &&
-                   strlen(o->out_dir) < 4000,
-               LLAVA_EINVAL, "ingest: need --json, --images, --tokenizer, --out, --image-size (a multiple of %d)",
-               DS_PATCH_SIZE);
+                   o->image_size % patch == 0 && o->shard_samples > 0 && o->jobs > 0 && strlen(o->out_dir) < 4000,
+               LLAVA_EINVAL, "ingest: need --json, --images, --tokenizer, --out, --image-size (a multiple of the patch "
+               "size %d)", patch);
     CHECK_GOTO(mkdir(o->out_dir, 0755) == 0 || errno == EEXIST, LLAVA_EIO, "%s: %s", o->out_dir, strerror(errno));
     snprintf(path, sizeof path, "%s/manifest.json", o->out_dir);
     CHECK_GOTO(unlink(path) == 0 || errno == ENOENT, LLAVA_EIO, "%s: %s", path, strerror(errno));
@@ -880,7 +881,7 @@ int ingest_run(const ingest_opts_t *o, ingest_stats_t *stats) {
     p.o = o;
     p.tok = tok;
     p.cf = r.cf;
-    p.n_patches = (o->image_size / DS_PATCH_SIZE) * (o->image_size / DS_PATCH_SIZE);
+    p.n_patches = (o->image_size / patch) * (o->image_size / patch);
     p.next = p.write_pos = vi0;
     p.end = r.cf->n;
     p.ring = 4 * o->jobs + 8;
@@ -920,7 +921,7 @@ int ingest_run(const ingest_opts_t *o, ingest_stats_t *stats) {
     m.image_size = o->image_size;
     m.pad = o->pad;
     m.max_seq_len = o->max_seq_len;
-    m.patch_size = DS_PATCH_SIZE;
+    m.patch_size = patch;
     snprintf(m.template_name, sizeof m.template_name, "%s", template_name(o->tpl));
     CHECK_GOTO(strlen(o->tokenizer_path) < sizeof m.tokenizer && strlen(o->json_path) < sizeof m.source_json &&
                    strlen(o->images_dir) < sizeof m.images_dir,
@@ -995,11 +996,12 @@ static void ingest_usage(FILE *f) {
             "  --template T          plain | vicuna_v1 | llava_v0\n"
             "  --aspect A            image_aspect_ratio: square (default) = CLIP resize + crop only; pad (= --pad) =\n"
             "                        expand to a square on the mean colour first\n"
-            "  --image-size S        vision tower input size (224, 336, a multiple of 14)\n"
+            "  --image-size S        vision tower input size (224, 336, a multiple of the patch size)\n"
+            "  --patch-size P        vision tower patch side (default 14, CLIP ViT-L/14): (S/P)^2 tokens per image\n"
             "  --shard-samples N     samples per shard (default 10000)\n"
             "  --jobs K              worker threads (default: online CPUs); output does not depend on K\n"
             "  --bad-records skip    count and skip bad records (default); fail: stop, non-zero exit, no manifest\n"
-            "  --max-seq-len L       truncate after image expansion ((S/14)^2 tokens per image); a record left\n"
+            "  --max-seq-len L       truncate after image expansion ((S/P)^2 tokens per image); a record left\n"
             "                        without targets is bad. Default 0: no truncation at ingest (collate truncates)\n"
             "  --max-pixels P        refuse larger images (default: the image decoder's limit)\n"
             "  Resumable: rerun the same command after an interruption; complete shards are kept (checksummed).\n"
@@ -1055,7 +1057,8 @@ int llava_data_ingest_main(int argc, char **argv) {
                 return 2;
             }
             have_tpl = 1;
-        } else if (!strcmp(a, "--image-size") && num && x >= 14 && x <= 4096 && x % 14 == 0) o.image_size = (int)x;
+        } else if (!strcmp(a, "--image-size") && num && x >= 1 && x <= 4096) o.image_size = (int)x;
+        else if (!strcmp(a, "--patch-size") && num && x >= 1 && x <= 4096) o.patch_size = (int)x;
         else if (!strcmp(a, "--shard-samples") && num && x > 0 && x <= 100000000) o.shard_samples = (int)x;
         else if (!strcmp(a, "--jobs") && num && x > 0 && x <= 1024) o.jobs = (int)x;
         else if (!strcmp(a, "--max-seq-len") && num && x >= 0 && x < (1 << 30)) o.max_seq_len = (int)x;

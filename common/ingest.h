@@ -19,6 +19,7 @@ typedef struct {
     const char *out_dir;        /* dataset directory (created) */
     template_t tpl;
     int image_size;             /* S: records hold [n_images, 3, S, S] uint8 */
+    int patch_size;             /* vision tower patch side: (S/patch)^2 tokens per image; 0 = DS_PATCH_SIZE (14) */
     int pad;                    /* image_aspect_ratio pad (LLaVA-1.5 stage 2) */
     int shard_samples;          /* samples per shard (the last may hold fewer) */
     int jobs;                   /* worker threads (decode + preprocess + tokenize) */
