@@ -43,11 +43,10 @@ static void rng_shuffle(rng_t *r, int *a, int n) {
 
 /* ---------------------------------------------------------------- scenes */
 
-enum { N_KINDS = 4, N_COLORS = 6, N_POS = 4, MAX_SHAPES = 3 };
+enum { N_KINDS = 4, N_COLORS = 4, N_POS = 4, MAX_SHAPES = 4 };
 static const char *KINDS[N_KINDS] = {"circle", "square", "triangle", "star"};
-static const char *COLORS[N_COLORS] = {"red", "green", "blue", "yellow", "purple", "orange"};
-static const uint8_t RGB[N_COLORS][3] = {{220, 40, 40}, {40, 170, 60}, {40, 80, 220},
-                                         {240, 210, 40}, {150, 60, 190}, {245, 140, 30}};
+static const char *COLORS[N_COLORS] = {"red", "green", "blue", "yellow"};
+static const uint8_t RGB[N_COLORS][3] = {{220, 40, 40}, {40, 170, 60}, {40, 80, 220}, {240, 210, 40}};
 static const char *POS[N_POS] = {"top left", "top right", "bottom left", "bottom right"};
 
 typedef struct {
@@ -62,7 +61,7 @@ typedef struct {
 } scene_t;
 
 static void scene_draw_random(rng_t *r, int size, scene_t *sc) {
-    int kinds[N_KINDS] = {0, 1, 2, 3}, colors[N_COLORS] = {0, 1, 2, 3, 4, 5}, pos[N_POS] = {0, 1, 2, 3};
+    int kinds[N_KINDS] = {0, 1, 2, 3}, colors[N_COLORS] = {0, 1, 2, 3}, pos[N_POS] = {0, 1, 2, 3};
     rng_shuffle(r, kinds, N_KINDS);
     rng_shuffle(r, colors, N_COLORS);
     rng_shuffle(r, pos, N_POS);
@@ -281,15 +280,17 @@ static void complex_qa(rng_t *r, const scene_t *sc, str_t *qs, str_t *as) {
         str_addf(as, "The image has %d shape%s, so removing the %s %s would leave %d shape%s.", sc->n,
                  sc->n > 1 ? "s" : "", COLORS[sh->color], KINDS[sh->kind], left, left == 1 ? "" : "s");
     } else {
-        int k = rng_int(r, N_KINDS), c = rng_int(r, N_COLORS), yes = 0;
+        int k = rng_int(r, N_KINDS), c = rng_int(r, N_COLORS);
         if (rng_int(r, 2) == 0) { /* ask about a present shape half of the time */
             k = sh->kind;
             c = sh->color;
         }
-        for (int i = 0; i < sc->n; i++) yes |= sc->s[i].kind == k && sc->s[i].color == c;
+        const shape_t *match = NULL;
+        for (int i = 0; i < sc->n; i++)
+            if (sc->s[i].kind == k && sc->s[i].color == c) match = &sc->s[i];
         str_addf(qs, "Is there a %s %s in the image? Explain.", COLORS[c], KINDS[k]);
-        if (yes) {
-            str_addf(as, "Yes. There is a %s %s at the %s.", COLORS[c], KINDS[k], POS[sh->pos]);
+        if (match) {
+            str_addf(as, "Yes. There is a %s %s at the %s.", COLORS[c], KINDS[k], POS[match->pos]);
         } else {
             str_addf(as, "No. The image shows ");
             for (int i = 0; i < sc->n; i++) {
@@ -303,52 +304,39 @@ static void complex_qa(rng_t *r, const scene_t *sc, str_t *qs, str_t *as) {
 
 static const char *MC_TYPES[4] = {"color", "shape", "count", "position"};
 
-/* A multiple-choice question in ScienceQA's LLaVA form. Writes the human text to qs, the answer letter to *ans. */
+/* A multiple-choice question in ScienceQA's LLaVA form. Writes the human text to qs, the answer letter to *ans.
+ * Every type has exactly four answers (4 colours, 4 shapes, 1-4 shapes, 4 quadrants), listed in that fixed order as
+ * many ScienceQA questions list theirs: chance is 25%, and a tiny model scores by what it sees in the image, not by
+ * matching option text in context, which a 2-layer 128-wide language model trained for minutes does not learn. */
 static void mc_question(rng_t *r, const scene_t *sc, int type, str_t *qs, char *ans) {
     const shape_t *sh = &sc->s[rng_int(r, sc->n)];
-    const char *opts[4];
+    static const char *COUNTS[4] = {"1", "2", "3", "4"};
+    const char *const *opts = NULL;
     int correct = 0;
-    char counts[4][4];
     switch (type) {
-    case 0: {
-        int c[N_COLORS] = {0, 1, 2, 3, 4, 5}, k = 1;
-        rng_shuffle(r, c, N_COLORS);
-        opts[0] = COLORS[sh->color];
-        for (int i = 0; i < N_COLORS && k < 4; i++)
-            if (c[i] != sh->color) opts[k++] = COLORS[c[i]];
+    case 0:
+        opts = COLORS;
+        correct = sh->color;
         str_addf(qs, "What color is the %s?", KINDS[sh->kind]);
         break;
-    }
-    case 1: {
-        opts[0] = KINDS[sh->kind];
-        for (int i = 0, k = 1; i < N_KINDS; i++)
-            if (i != sh->kind) opts[k++] = KINDS[i];
+    case 1:
+        opts = KINDS;
+        correct = sh->kind;
         str_addf(qs, "What shape is the %s object?", COLORS[sh->color]);
         break;
-    }
-    case 2: {
-        for (int i = 0; i < 4; i++) snprintf(counts[i], sizeof counts[i], "%d", i + 1);
-        opts[0] = counts[sc->n - 1];
-        for (int i = 0, k = 1; i < 4; i++)
-            if (i != sc->n - 1) opts[k++] = counts[i];
+    case 2:
+        opts = COUNTS;
+        correct = sc->n - 1;
         str_addf(qs, "How many shapes are in the image?");
         break;
-    }
-    default: {
-        opts[0] = POS[sh->pos];
-        for (int i = 0, k = 1; i < N_POS; i++)
-            if (i != sh->pos) opts[k++] = POS[i];
+    default:
+        opts = POS;
+        correct = sh->pos;
         str_addf(qs, "Where is the %s %s?", COLORS[sh->color], KINDS[sh->kind]);
         break;
     }
-    }
-    int perm[4] = {0, 1, 2, 3};
-    rng_shuffle(r, perm, 4);
     str_addf(qs, "\nContext: N/A\nOptions:");
-    for (int i = 0; i < 4; i++) {
-        str_addf(qs, " (%c) %s", 'A' + i, opts[perm[i]]);
-        if (perm[i] == 0) correct = i;
-    }
+    for (int i = 0; i < 4; i++) str_addf(qs, " (%c) %s", 'A' + i, opts[i]);
     str_addf(qs, "\n<image>");
     *ans = (char)('A' + correct);
 }
@@ -606,8 +594,8 @@ cleanup:
 
 static void synth_usage(FILE *f) {
     fprintf(f, "usage: llava-data synth --out DIR [--n N] [--n-test M] [--seed S] [--image-size P] [--vocab-size V]\n"
-               "                        [--no-tokenizer] [--spm-train PROG] [--ingest S [--jobs K]]\n"
-               "  Draws N training and M held-out images of 1-3 coloured shapes (PNG, P x P) and writes, under DIR:\n"
+               "                        [--no-tokenizer] [--spm-train PROG] [--ingest S [--patch-size P] [--jobs K]]\n"
+               "  Draws N training and M held-out images of 1-4 coloured shapes (PNG, P x P) and writes, under DIR:\n"
                "    pretrain.json   captions, CC-595K form (stage 1, template plain)\n"
                "    instruct.json   conversations, detailed descriptions, reasoning and multiple-choice questions\n"
                "                    (llava_instruct_150k form; stage 2)\n"
@@ -618,14 +606,15 @@ static void synth_usage(FILE *f) {
                "                    eos 2) trained with spm_train on tokenizer-corpus.txt\n"
                "  Defaults: --n 1000 --n-test 200 --seed 1 --image-size 64 --vocab-size 1000. Output is a function\n"
                "  of the options only. Ingest with images dir = DIR and DIR/tokenizer.model.\n"
-               "  --ingest S   then ingest them for a vision tower of S px (multiple of 14): DIR/pretrain (template\n"
-               "               plain) and DIR/instruct (vicuna_v1) dataset directories, with --jobs K threads\n"
+               "  --ingest S   then ingest them for a vision tower of S px with P px patches (--patch-size, default 14):\n"
+               "               DIR/pretrain (template plain) and DIR/instruct (vicuna_v1) dataset directories, with\n"
+               "               --jobs K threads\n"
                "  --spm-train PROG: a program name on PATH or an absolute path (it runs inside DIR).\n");
 }
 
 int llava_data_synth_main(int argc, char **argv) {
     synth_opts_t o = {.n = 1000, .n_test = 200, .seed = 1, .image_size = 64, .vocab_size = 1000, .tokenizer = 1};
-    int ingest_size = 0, jobs = 0;
+    int ingest_size = 0, patch = 14, jobs = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -650,7 +639,8 @@ int llava_data_synth_main(int argc, char **argv) {
         else if (num && !strcmp(a, "--seed") && x >= 0) o.seed = (uint64_t)x;
         else if (num && !strcmp(a, "--image-size") && x >= 8 && x <= 4096) o.image_size = (int)x;
         else if (num && !strcmp(a, "--vocab-size") && x >= 300 && x <= 100000) o.vocab_size = (int)x;
-        else if (num && !strcmp(a, "--ingest") && x >= 14 && x <= 4096 && x % 14 == 0) ingest_size = (int)x;
+        else if (num && !strcmp(a, "--ingest") && x >= 1 && x <= 4096) ingest_size = (int)x;
+        else if (num && !strcmp(a, "--patch-size") && x >= 1 && x <= 4096) patch = (int)x;
         else if (num && !strcmp(a, "--jobs") && x >= 1 && x <= 1024) jobs = (int)x;
         else {
             fprintf(stderr, "synth: bad option or value: %s %s\n", a, v);
@@ -658,6 +648,10 @@ int llava_data_synth_main(int argc, char **argv) {
             return 2;
         }
         i++;
+    }
+    if (ingest_size && ingest_size % patch) {
+        fprintf(stderr, "synth: --ingest %d is not a multiple of --patch-size %d\n", ingest_size, patch);
+        return 2;
     }
     if (!o.out_dir) {
         fprintf(stderr, "synth: --out is required\n");
@@ -687,7 +681,7 @@ int llava_data_synth_main(int argc, char **argv) {
         snprintf(json, sizeof json, "%s/%s.json", o.out_dir, names[k]);
         snprintf(out, sizeof out, "%s/%s", o.out_dir, names[k]);
         ingest_opts_t io = {.json_path = json, .images_dir = o.out_dir, .tokenizer_path = tok, .out_dir = out,
-                            .tpl = tpls[k], .image_size = ingest_size, .shard_samples = 10000, .jobs = jobs,
+                            .tpl = tpls[k], .image_size = ingest_size, .patch_size = patch, .shard_samples = 10000, .jobs = jobs,
                             .bad_fail = 1};
         ingest_stats_t st;
         if ((rc = ingest_run(&io, &st)) != 0) {

@@ -13,10 +13,13 @@ if [ ! -x build/llava-run ] || [ -n "$(find CMakeLists.txt common coordinator wo
   cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >build.configure.log 2>&1 || { cat build.configure.log; exit 1; }
   cmake --build build -j"$(nproc)" >/dev/null
 fi
-if [ ! -f runs/demo/data/instruct/manifest.json ]; then
-  echo "== demo data: 1000 training and 200 held-out images of coloured shapes"
-  rm -rf runs/demo/data && mkdir -p runs/demo
-  build/llava-data synth --out runs/demo/data --n 1000 --n-test 200 --image-size 56 --ingest 56 --jobs "$(nproc)"
+# what made runs/demo/data: data from another version or size is made again (and the run trained on it dropped)
+made_by="synth v2 --n 4000 --n-test 200 --image-size 56 --ingest 56"
+if [ ! -f runs/demo/data/instruct/manifest.json ] || [ "$(cat runs/demo/data/made-by 2>/dev/null)" != "$made_by" ]; then
+  echo "== demo data: 4000 training and 200 held-out images of coloured shapes"
+  rm -rf runs/demo/data runs/demo/run && mkdir -p runs/demo
+  build/llava-data synth --out runs/demo/data --n 4000 --n-test 200 --image-size 56 --ingest 56 --jobs "$(nproc)"
+  echo "$made_by" >runs/demo/data/made-by
 fi
 if [ ! -f runs/demo/model-init/config.json ]; then
   echo "== a tiny random LLaVA (CLIP 3x64 at 56 px, LLaMA 2x128, vocab 1001)"

@@ -17,7 +17,7 @@ fail() { echo "FAIL: $*"; [ -f "$T/run.out" ] && tail -40 "$T/run.out"; exit 1; 
 "$BUILD/llava-model" init --config "$SRC/jobs/assets/demo-model.json" --out "$T/model" --seed 1 >/dev/null
 # jobs/demo.yaml itself, pointed at the small data, one epoch per stage, a checkpoint every 2 steps
 sed -e "s|runs/demo/model-init|$T/model|; s|runs/demo/data|$T/data|g; s|runs/demo/run|$T/run|" \
-    -e "s|epochs: 4|epochs: 1|; s|every_steps: 20|every_steps: 2|" "$SRC/jobs/demo.yaml" >"$T/demo.yaml"
+    -E -e "s|epochs: [0-9]+|epochs: 1|; s|every_steps: [0-9]+|every_steps: 2|" "$SRC/jobs/demo.yaml" >"$T/demo.yaml"
 sed "s/#.*//" "$T/demo.yaml" | grep -q "runs/demo" && fail "the spec still names runs/demo"
 
 "$BUILD/llava-run" "$T/demo.yaml" --quiet --state "$T/state" >"$T/run.out" 2>&1 || fail "llava-run exited $?"
