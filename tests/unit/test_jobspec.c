@@ -470,14 +470,32 @@ static void write_file(const char *path, const char *text) {
     fclose(f);
 }
 
+/* A fresh temporary directory made the current one (paths in specs are relative to it); scratch_leave goes back
+ * and removes it. */
+typedef struct {
+    char dir[64], old[4096];
+} scratch_t;
+
+static int scratch_enter(scratch_t *t) {
+    snprintf(t->dir, sizeof t->dir, "/tmp/test_jobspec_XXXXXX");
+    CHECK(mkdtemp(t->dir) != NULL);
+    CHECK(getcwd(t->old, sizeof t->old) != NULL);
+    int ok = chdir(t->dir) == 0;
+    CHECK(ok);
+    return ok;
+}
+
+static void scratch_leave(scratch_t *t) {
+    CHECK(chdir(t->old) == 0);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", t->dir);
+    CHECK(system(cmd) == 0);
+}
+
 static void test_paths(void) {
-    char tmpl[] = "/tmp/test_jobspec_XXXXXX";
-    char *dir = mkdtemp(tmpl);
-    CHECK(dir != NULL);
-    if (!dir) return;
-    char old[4096];
-    CHECK(getcwd(old, sizeof old) != NULL);
-    CHECK(chdir(dir) == 0);
+    scratch_t sc;
+    if (!scratch_enter(&sc)) return;
+    const char *dir = sc.dir;
     mkdir("m", 0755);
     mkdir("m/clip", 0755);
     mkdir("m/llama", 0755);
@@ -529,10 +547,7 @@ static void test_paths(void) {
         spec_errors_free(&e);
     }
     job_spec_free(&s);
-    CHECK(chdir(old) == 0);
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0);
+    scratch_leave(&sc);
 }
 
 static void test_steps(void) {
@@ -632,13 +647,9 @@ static void write_fit_manifest(int image_size, int patch_size, int pad) {
 }
 
 static void test_fit(void) {
-    char tmpl[] = "/tmp/test_jobspec_fit_XXXXXX";
-    char *dir = mkdtemp(tmpl);
-    CHECK(dir != NULL);
-    if (!dir) return;
-    char old[4096];
-    CHECK(getcwd(old, sizeof old) != NULL);
-    CHECK(chdir(dir) == 0);
+    scratch_t sc;
+    if (!scratch_enter(&sc)) return;
+    const char *dir = sc.dir;
     mkdir("m", 0755);
     mkdir("d", 0755);
     mkdir("d/data", 0755);
@@ -675,10 +686,7 @@ static void test_fit(void) {
         spec_errors_free(&e);
     }
     job_spec_free(&s);
-    CHECK(chdir(old) == 0);
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CHECK(system(cmd) == 0);
+    scratch_leave(&sc);
 }
 
 int main(void) {
