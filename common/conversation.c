@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/fileio.h"
 
 #define IMAGE_TOKEN "<image>"
 #define IMAGE_TOKEN_LEN 7
@@ -191,19 +192,12 @@ cleanup:
 int conv_file_load(const char *path, conv_file_t **out, conv_error_cb cb, void *ud) {
     int rc = 0;
     char *buf = NULL;
-    FILE *fp = fopen(path, "rb");
+    size_t sz = 0;
     *out = NULL;
-    CHECK_GOTO(fp != NULL, LLAVA_EIO, "cannot open %s: %s", path, strerror(errno));
-    CHECK_GOTO(fseek(fp, 0, SEEK_END) == 0, LLAVA_EIO, "seek %s: %s", path, strerror(errno));
-    long sz = ftell(fp);
-    CHECK_GOTO(sz >= 0 && fseek(fp, 0, SEEK_SET) == 0, LLAVA_EIO, "size of %s: %s", path, strerror(errno));
-    buf = malloc((size_t)sz + 1);
-    ALLOC_CHECK_GOTO(buf);
-    CHECK_GOTO(fread(buf, 1, (size_t)sz, fp) == (size_t)sz, LLAVA_EIO, "read %s failed", path);
-    buf[sz] = 0;
-    rc = conv_file_parse(buf, (size_t)sz, path, out, cb, ud);
+    rc = file_read_all(path, &buf, &sz);
+    CHECK_GOTO(rc == 0, rc == LLAVA_ENOTFOUND ? LLAVA_EIO : rc, "cannot read %s: %s", path, err_str(rc));
+    rc = conv_file_parse(buf, sz, path, out, cb, ud);
 cleanup:
-    if (fp) fclose(fp);
     free(buf);
     return rc;
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/fileio.h"
 
 #define KSPACE "\xe2\x96\x81" /* U+2581, sentencepiece's whitespace symbol */
 #define KSPACE_LEN 3
@@ -455,20 +456,14 @@ cleanup:
 
 int tokenizer_load(const char *path, tokenizer_t **out) {
     int rc = 0;
-    uint8_t *buf = NULL;
-    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t sz = 0;
     *out = NULL;
-    CHECK_GOTO(f != NULL, LLAVA_EIO, "tokenizer: cannot open %s: %s", path, strerror(errno));
-    CHECK_GOTO(fseek(f, 0, SEEK_END) == 0, LLAVA_EIO, "tokenizer: seek %s: %s", path, strerror(errno));
-    long sz = ftell(f);
-    CHECK_GOTO(sz >= 0 && fseek(f, 0, SEEK_SET) == 0, LLAVA_EIO, "tokenizer: size of %s: %s", path, strerror(errno));
-    buf = malloc((size_t)sz + 1);
-    ALLOC_CHECK_GOTO(buf);
-    CHECK_GOTO(fread(buf, 1, (size_t)sz, f) == (size_t)sz, LLAVA_EIO, "tokenizer: read %s failed", path);
-    rc = tokenizer_load_mem(buf, (size_t)sz, out);
+    rc = file_read_all(path, &buf, &sz);
+    CHECK_GOTO(rc == 0, rc == LLAVA_ENOTFOUND ? LLAVA_EIO : rc, "tokenizer: cannot read %s: %s", path, err_str(rc));
+    rc = tokenizer_load_mem((const uint8_t *)buf, sz, out);
     if (rc != 0) LOG_E("tokenizer: loading %s failed: %s", path, err_str(rc));
 cleanup:
-    if (f) fclose(f);
     free(buf);
     return rc;
 }

@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 
 #include "common/err.h"
+#include "common/fileio.h"
 #include "common/safetensors.h"
 #include "kernels/cpu/ops.h"
 #include "worker/modelutil.h"
@@ -250,16 +251,8 @@ static int read_projector_type(const char *cfg_path, proj_type_t *pt) {
     int rc = 0;
     char *text = NULL;
     cJSON *root = NULL;
-    FILE *f = fopen(cfg_path, "rb");
-    CHECK_GOTO(f, LLAVA_EIO, "cannot open %s: %s", cfg_path, strerror(errno));
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    CHECK_GOTO(n >= 0, LLAVA_EIO, "cannot size %s", cfg_path);
-    text = malloc((size_t)n + 1);
-    ALLOC_CHECK_GOTO(text);
-    CHECK_GOTO(fread(text, 1, (size_t)n, f) == (size_t)n, LLAVA_EIO, "cannot read %s", cfg_path);
-    text[n] = 0;
+    rc = file_read_all(cfg_path, &text, NULL);
+    CHECK_GOTO(rc == 0, rc == LLAVA_ENOTFOUND ? LLAVA_EIO : rc, "cannot read %s: %s", cfg_path, err_str(rc));
     root = cJSON_Parse(text);
     CHECK_GOTO(root, LLAVA_ECONFIG, "%s: not JSON", cfg_path);
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "mm_projector_type");
@@ -271,7 +264,6 @@ static int read_projector_type(const char *cfg_path, proj_type_t *pt) {
         *pt = strcmp(t->valuestring, "linear") == 0 ? PROJ_LINEAR : PROJ_MLP2X_GELU;
     }
 cleanup:
-    if (f) fclose(f);
     cJSON_Delete(root);
     free(text);
     return rc;
@@ -364,15 +356,9 @@ cleanup:
 static int add_projector_type(const char *path) {
     int rc = 0;
     char *text = NULL, tmp[4200];
-    FILE *f = fopen(path, "rb"), *o = NULL;
-    CHECK_GOTO(f, LLAVA_EIO, "cannot open %s: %s", path, strerror(errno));
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    text = malloc((size_t)(n > 0 ? n : 0) + 1);
-    ALLOC_CHECK_GOTO(text);
-    CHECK_GOTO(n >= 0 && fread(text, 1, (size_t)n, f) == (size_t)n, LLAVA_EIO, "cannot read %s", path);
-    text[n] = 0;
+    FILE *o = NULL;
+    rc = file_read_all(path, &text, NULL);
+    CHECK_GOTO(rc == 0, rc == LLAVA_ENOTFOUND ? LLAVA_EIO : rc, "cannot read %s: %s", path, err_str(rc));
     char *brace = strchr(text, '{');
     CHECK_GOTO(brace, LLAVA_EFORMAT, "%s: not a JSON object", path);
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
@@ -385,7 +371,6 @@ static int add_projector_type(const char *path) {
     CHECK_GOTO(ok, LLAVA_EIO, "cannot write %s", tmp);
     CHECK_GOTO(rename(tmp, path) == 0, LLAVA_EIO, "cannot rename %s: %s", tmp, strerror(errno));
 cleanup:
-    if (f) fclose(f);
     if (o) fclose(o);
     free(text);
     return rc;
