@@ -18,6 +18,7 @@
 #include "common/err.h"
 #include "common/wire.h"
 #include "coordinator/client.h"
+#include "tests/sim_dataset.h"
 
 typedef struct {
     void *sock;
@@ -37,34 +38,6 @@ static void send_msg(simw_t *w, int type, int64_t step, cJSON *body) {
                     .body = body ? body : cJSON_CreateObject()};
     wire_send(w->sock, NULL, 0, &m, 0);
     cJSON_Delete(m.body);
-}
-
-/* A text-only dataset manifest (no records needed: simulated workers never read them). */
-static int write_manifest(const char *dir, int64_t n, int nshards) {
-    mkdir(dir, 0755);
-    ds_manifest_t m;
-    memset(&m, 0, sizeof m);
-    m.version = 1;
-    m.n_samples = m.n_text_only = m.n_source = n;
-    m.patch_size = 14;
-    snprintf(m.template_name, sizeof m.template_name, "plain");
-    m.lengths = calloc((size_t)n, sizeof *m.lengths);
-    m.n_images = calloc((size_t)n, sizeof *m.n_images);
-    m.shards = calloc((size_t)nshards, sizeof *m.shards);
-    if (!m.lengths || !m.n_images || !m.shards) return -1;
-    for (int64_t i = 0; i < n; i++) m.lengths[i] = 50 + (int32_t)(i % 100);
-    int64_t per = (n + nshards - 1) / nshards;
-    for (int s = 0; s < nshards; s++) {
-        snprintf(m.shards[s].name, sizeof m.shards[s].name, "shard-%05d.lmdb", s);
-        m.shards[s].first = s * per;
-        m.shards[s].count = m.shards[s].first + per <= n ? per : n - m.shards[s].first;
-    }
-    m.n_shards = nshards;
-    int rc = ds_manifest_write(dir, &m, NULL);
-    free(m.lengths);
-    free(m.n_images);
-    free(m.shards);
-    return rc;
 }
 
 int main(int argc, char **argv) {
@@ -95,7 +68,7 @@ int main(int argc, char **argv) {
     snprintf(epfile, sizeof epfile, "%s/endpoint", tmp);
     snprintf(runs, sizeof runs, "%s/run", tmp);
     snprintf(exe, sizeof exe, "%s/llava-coordinator", bindir);
-    if (write_manifest(data, (int64_t)gb * steps, 8)) return 1;
+    if (sim_dataset_write(data, (int64_t)gb * steps, 8, 50, 1, 100)) return 1;
     pid_t coord = fork();
     if (coord == 0) {
         setenv("LLAVA_LOG", "error", 1);

@@ -18,6 +18,7 @@
 #include "common/err.h"
 #include "common/wire.h"
 #include "coordinator/client.h"
+#include "tests/sim_dataset.h"
 
 #define N_SAMPLES 96
 #define MAX_STEPS 64
@@ -53,30 +54,6 @@ static double median(double *v, int n) {
     if (n == 0) return NAN;
     qsort(v, (size_t)n, sizeof *v, cmp_d);
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static int write_dataset(const char *dir) {
-    mkdir(dir, 0755);
-    ds_manifest_t m;
-    memset(&m, 0, sizeof m);
-    int32_t lengths[N_SAMPLES], n_images[N_SAMPLES];
-    ds_shard_t shard;
-    memset(&shard, 0, sizeof shard);
-    for (int i = 0; i < N_SAMPLES; i++) {
-        lengths[i] = 20 + (i * 37) % 90;
-        n_images[i] = 0;
-    }
-    snprintf(shard.name, sizeof shard.name, "shard-00000.lmdb");
-    shard.count = N_SAMPLES;
-    m.version = 1;
-    m.n_samples = m.n_text_only = m.n_source = N_SAMPLES;
-    m.patch_size = 14;
-    snprintf(m.template_name, sizeof m.template_name, "plain");
-    m.n_shards = 1;
-    m.shards = &shard;
-    m.lengths = lengths;
-    m.n_images = n_images;
-    return ds_manifest_write(dir, &m, NULL);
 }
 
 /* --external: a worker the coordinator did not spawn (as on another host: no exit notice, no local respawn). */
@@ -308,7 +285,7 @@ int main(int argc, char **argv) {
     double base_loss[MAX_STEPS], base_at[MAX_STEPS], loss[MAX_STEPS], at[MAX_STEPS], gaps[MAX_STEPS];
     double *det = calloc((size_t)b.trials, sizeof *det), *rec = calloc((size_t)b.trials, sizeof *rec);
     int ndet = 0, nrec = 0, nok = 0, n_exit = 0, n_disc = 0, n_other = 0;
-    if (!det || !rec || write_dataset(b.data) || start_coordinator(&b)) goto cleanup;
+    if (!det || !rec || sim_dataset_write(b.data, N_SAMPLES, 1, 20, 37, 90) || start_coordinator(&b)) goto cleanup;
 
     uint64_t job = submit(&b, "baseline");
     if (!job || wait_done(&b, job, 120)) {

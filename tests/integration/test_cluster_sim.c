@@ -18,6 +18,7 @@
 #include "common/err.h"
 #include "common/wire.h"
 #include "coordinator/client.h"
+#include "tests/sim_dataset.h"
 #include "tests/test.h"
 
 #define N_SAMPLES 192
@@ -36,33 +37,6 @@ static double now_s(void) {
 static void sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
-}
-
-static int write_dataset(const char *dir) {
-    mkdir(dir, 0755);
-    ds_manifest_t m;
-    memset(&m, 0, sizeof m);
-    int32_t lengths[N_SAMPLES], n_images[N_SAMPLES];
-    ds_shard_t shards[3];
-    for (int i = 0; i < N_SAMPLES; i++) {
-        lengths[i] = 20 + (i * 37) % 90;
-        n_images[i] = 0;
-    }
-    for (int s = 0; s < 3; s++) {
-        memset(&shards[s], 0, sizeof shards[s]);
-        snprintf(shards[s].name, sizeof shards[s].name, "shard-%05d.lmdb", s);
-        shards[s].first = s * (N_SAMPLES / 3);
-        shards[s].count = N_SAMPLES / 3;
-    }
-    m.version = 1;
-    m.n_samples = m.n_text_only = m.n_source = N_SAMPLES;
-    m.patch_size = 14;
-    snprintf(m.template_name, sizeof m.template_name, "plain");
-    m.n_shards = 3;
-    m.shards = shards;
-    m.lengths = lengths;
-    m.n_images = n_images;
-    return ds_manifest_write(dir, &m, NULL);
 }
 
 typedef struct {
@@ -298,7 +272,7 @@ int main(void) {
     snprintf(g_data, sizeof g_data, "%s/data", g_tmp);
     log_set_level(LOG_ERROR);
     signal(SIGPIPE, SIG_IGN);
-    CHECK_RC(write_dataset(g_data), 0);
+    CHECK_RC(sim_dataset_write(g_data, N_SAMPLES, 3, 20, 37, 90), 0);
 
     /* baseline: one worker */
     cluster_t c = {0};

@@ -18,6 +18,7 @@
 #include "common/err.h"
 #include "common/wire.h"
 #include "coordinator/client.h"
+#include "tests/sim_dataset.h"
 #include "tests/test.h"
 
 #define N_SAMPLES 96
@@ -217,27 +218,7 @@ int main(void) {
     char data[700], run[700], ep[256];
     snprintf(data, sizeof data, "%s/data", g_tmp);
     snprintf(run, sizeof run, "%s/run", g_tmp);
-    mkdir(data, 0755);
-    ds_manifest_t man;
-    memset(&man, 0, sizeof man);
-    int32_t lengths[N_SAMPLES], n_images[N_SAMPLES];
-    ds_shard_t shard;
-    memset(&shard, 0, sizeof shard);
-    for (int i = 0; i < N_SAMPLES; i++) {
-        lengths[i] = 30 + i % 50;
-        n_images[i] = 0;
-    }
-    snprintf(shard.name, sizeof shard.name, "shard-00000.lmdb");
-    shard.count = N_SAMPLES;
-    man.version = 1;
-    man.n_samples = man.n_text_only = man.n_source = N_SAMPLES;
-    man.patch_size = 14;
-    snprintf(man.template_name, sizeof man.template_name, "plain");
-    man.n_shards = 1;
-    man.shards = &shard;
-    man.lengths = lengths;
-    man.n_images = n_images;
-    CHECK_RC(ds_manifest_write(data, &man, NULL), 0);
+    CHECK_RC(sim_dataset_write(data, N_SAMPLES, 1, 30, 1, 50), 0);
 
     pid_t coord = start_coordinator("tcp://127.0.0.1:*", ep, sizeof ep);
     CHECK(ep[0] != 0);

@@ -22,6 +22,7 @@
 #include "common/err.h"
 #include "common/wire.h"
 #include "coordinator/client.h"
+#include "tests/sim_dataset.h"
 #include "tests/test.h"
 
 #define N_SAMPLES 192
@@ -36,30 +37,6 @@ static client_t *g_cl;
 static void sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
-}
-
-static int write_dataset(const char *dir) {
-    mkdir(dir, 0755);
-    ds_manifest_t m;
-    memset(&m, 0, sizeof m);
-    int32_t lengths[N_SAMPLES], n_images[N_SAMPLES];
-    ds_shard_t shard;
-    memset(&shard, 0, sizeof shard);
-    for (int i = 0; i < N_SAMPLES; i++) {
-        lengths[i] = 20 + (i * 37) % 90;
-        n_images[i] = 0;
-    }
-    snprintf(shard.name, sizeof shard.name, "shard-00000.lmdb");
-    shard.count = N_SAMPLES;
-    m.version = 1;
-    m.n_samples = m.n_text_only = m.n_source = N_SAMPLES;
-    m.patch_size = 14;
-    snprintf(m.template_name, sizeof m.template_name, "plain");
-    m.n_shards = 1;
-    m.shards = &shard;
-    m.lengths = lengths;
-    m.n_images = n_images;
-    return ds_manifest_write(dir, &m, NULL);
 }
 
 static int start_coordinator(const char *state) {
@@ -241,7 +218,7 @@ int main(void) {
         TEST_SKIP("cannot mount a tmpfs on %s: %s (no CAP_SYS_ADMIN in this container?)", g_mnt, strerror(errno));
     log_set_level(LOG_ERROR);
     signal(SIGPIPE, SIG_IGN);
-    CHECK_RC(write_dataset(g_data), 0);
+    CHECK_RC(sim_dataset_write(g_data, N_SAMPLES, 1, 20, 37, 90), 0);
     char state[800];
     snprintf(state, sizeof state, "%s/state", g_tmp);
     CHECK(start_coordinator(state) == 0);

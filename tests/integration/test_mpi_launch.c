@@ -18,6 +18,7 @@
 #include "common/wire.h"
 #include "coordinator/client.h"
 #include "coordinator/state.h"
+#include "tests/sim_dataset.h"
 #include "tests/test.h"
 
 #define N_SAMPLES 192
@@ -36,34 +37,6 @@ static double now_s(void) {
 static void sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
-}
-
-/* A text-only dataset manifest: the sim backend needs lengths only. */
-static int write_dataset(const char *dir) {
-    mkdir(dir, 0755);
-    ds_manifest_t m;
-    memset(&m, 0, sizeof m);
-    int32_t lengths[N_SAMPLES], n_images[N_SAMPLES];
-    ds_shard_t shards[3];
-    for (int i = 0; i < N_SAMPLES; i++) {
-        lengths[i] = 20 + (i * 37) % 90;
-        n_images[i] = 0;
-    }
-    for (int s = 0; s < 3; s++) {
-        memset(&shards[s], 0, sizeof shards[s]);
-        snprintf(shards[s].name, sizeof shards[s].name, "shard-%05d.lmdb", s);
-        shards[s].first = s * (N_SAMPLES / 3);
-        shards[s].count = N_SAMPLES / 3;
-    }
-    m.version = 1;
-    m.n_samples = m.n_text_only = m.n_source = N_SAMPLES;
-    m.patch_size = 14;
-    snprintf(m.template_name, sizeof m.template_name, "plain");
-    m.n_shards = 3;
-    m.shards = shards;
-    m.lengths = lengths;
-    m.n_images = n_images;
-    return ds_manifest_write(dir, &m, NULL);
 }
 
 /* The job spec as a user writes it (the sim backend ignores the model, but the spec must name one). */
@@ -252,7 +225,7 @@ int main(void) {
     snprintf(data, sizeof data, "%s/data", g_tmp);
     log_set_level(LOG_ERROR);
     signal(SIGPIPE, SIG_IGN);
-    CHECK_RC(write_dataset(data), 0);
+    CHECK_RC(sim_dataset_write(data, N_SAMPLES, 1, 20, 37, 90), 0);
 
     /* failure-free: 3 workers under mpirun */
     launch_t l;
