@@ -316,6 +316,8 @@ static const field_t fields[JOB_KEY_COUNT] = {
     SE("train", "precision", TRAIN_PRECISION, train.precision, precision_names),
     SF("train", "seed", FT_U64, TRAIN_SEED, train.seed),
     SF("train", "max_steps", FT_I64, TRAIN_MAX_STEPS, train.max_steps),
+    SF("train", "recompute", FT_BOOL, TRAIN_RECOMPUTE, train.recompute),
+    SF("train", "zero_stage", FT_INT, TRAIN_ZERO_STAGE, train.zero_stage),
     SF("eval", "data", FT_PATH, EVAL_DATA, eval.data),
     SF("eval", "answers", FT_PATH, EVAL_ANSWERS, eval.answers),
     SF("eval", "every_epoch", FT_BOOL, EVAL_EVERY_EPOCH, eval.every_epoch),
@@ -341,6 +343,7 @@ static const char *const aliases[][2] = {
     {"save_total_limit", "keep"}, {"bf16", "precision"}, {"dtype", "precision"}, {"model_name_or_path", "language_model"},
     {"pretrain_mm_mlp_adapter", "init_from"}, {"freeze_backbone", "trainable"}, {"tune_mm_mlp_adapter", "trainable"},
     {"image_folder", "train"}, {"num_workers", "workers"}, {"gpus", "workers"}, {"steps", "max_steps"},
+    {"gradient_checkpointing", "recompute"}, {"zero", "zero_stage"},
 };
 
 const char *job_key_name(job_key_t key) {
@@ -349,9 +352,9 @@ const char *job_key_name(job_key_t key) {
         "model.vision_select_layer", "model.init_from", "model.image_aspect_ratio", "data.train", "data.template",
         "data.max_seq_len", "data.group_by_length", "data.bad_records", "train.trainable", "train.epochs",
         "train.global_batch", "train.micro_batch_tokens", "train.lr", "train.warmup_ratio", "train.schedule",
-        "train.weight_decay", "train.max_grad_norm", "train.precision", "train.seed", "train.max_steps", "eval.data",
-        "eval.answers", "eval.every_epoch", "checkpoint.dir", "checkpoint.every_steps", "checkpoint.keep",
-        "cluster.workers", "cluster.device", "cluster.heartbeat_ms", "cluster.hang_timeout_ms",
+        "train.weight_decay", "train.max_grad_norm", "train.precision", "train.seed", "train.max_steps",
+        "train.recompute", "train.zero_stage", "eval.data", "eval.answers", "eval.every_epoch", "checkpoint.dir",
+        "checkpoint.every_steps", "checkpoint.keep", "cluster.workers", "cluster.device", "cluster.heartbeat_ms", "cluster.hang_timeout_ms",
         "cluster.max_replacements"};
     return (unsigned)key < JOB_KEY_COUNT ? names[key] : "?";
 }
@@ -784,6 +787,15 @@ static void validate_stage(pctx_t *c, const job_spec_t *spec, job_stage_t *st) {
     else if (t->precision == JOB_PRECISION_BF16 && spec->cluster.device == JOB_DEVICE_CPU)
         perr(c, st->marks[JOB_KEY_TRAIN_PRECISION],
              "key 'train.precision': bf16 needs cluster.device: cuda (the CPU backend trains in fp32); use fp32");
+    if (t->recompute && spec->cluster.device == JOB_DEVICE_CPU)
+        perr(c, st->marks[JOB_KEY_TRAIN_RECOMPUTE],
+             "key 'train.recompute': recomputation needs cluster.device: cuda (the CPU backend keeps every "
+             "activation); remove it or set it to false");
+    RANGE(JOB_KEY_TRAIN_ZERO_STAGE, t->zero_stage != 0 && t->zero_stage != 1,
+          "must be 0 (no sharding) or 1 (ZeRO-1: optimizer state sharded over the workers), got %d", t->zero_stage);
+    if (t->zero_stage == 1 && spec->cluster.device == JOB_DEVICE_CPU)
+        perr(c, st->marks[JOB_KEY_TRAIN_ZERO_STAGE],
+             "key 'train.zero_stage': ZeRO-1 needs cluster.device: cuda (NCCL between GPU workers); use 0");
     if (st->eval.enabled && !st->eval.data) missing(c, spec, st, "eval.data");
     if (!st->checkpoint.dir) missing(c, spec, st, "checkpoint.dir");
     RANGE(JOB_KEY_CHECKPOINT_EVERY_STEPS, st->checkpoint.every_steps < 0, "must be >= 0 (0: only at the end), got %d",

@@ -33,6 +33,7 @@ typedef enum {
     JOB_KEY_TRAIN_TRAINABLE, JOB_KEY_TRAIN_EPOCHS, JOB_KEY_TRAIN_GLOBAL_BATCH, JOB_KEY_TRAIN_MICRO_BATCH_TOKENS,
     JOB_KEY_TRAIN_LR, JOB_KEY_TRAIN_WARMUP_RATIO, JOB_KEY_TRAIN_SCHEDULE, JOB_KEY_TRAIN_WEIGHT_DECAY,
     JOB_KEY_TRAIN_MAX_GRAD_NORM, JOB_KEY_TRAIN_PRECISION, JOB_KEY_TRAIN_SEED, JOB_KEY_TRAIN_MAX_STEPS,
+    JOB_KEY_TRAIN_RECOMPUTE, JOB_KEY_TRAIN_ZERO_STAGE,
     JOB_KEY_EVAL_DATA, JOB_KEY_EVAL_ANSWERS, JOB_KEY_EVAL_EVERY_EPOCH,
     JOB_KEY_CHECKPOINT_DIR, JOB_KEY_CHECKPOINT_EVERY_STEPS, JOB_KEY_CHECKPOINT_KEEP,
     JOB_KEY_CLUSTER_WORKERS, JOB_KEY_CLUSTER_DEVICE, JOB_KEY_CLUSTER_HEARTBEAT_MS, JOB_KEY_CLUSTER_HANG_TIMEOUT_MS,
@@ -75,6 +76,8 @@ typedef struct {
     job_precision_t precision;
     uint64_t seed;
     int64_t max_steps; /* 0 = no cap */
+    int recompute;     /* 0 / 1: per-layer activation recomputation (cuda) */
+    int zero_stage;    /* 0: every worker holds the whole optimizer state; 1: ZeRO-1 sharding (cuda) */
 } job_train_t;
 
 typedef struct {

@@ -133,6 +133,8 @@ static void test_defaults(void) {
     CHECK_EQ_INT(st->train.precision, JOB_PRECISION_FP32); /* derived from device cpu */
     CHECK_EQ_INT(st->train.seed, 42);
     CHECK_EQ_INT(st->train.max_steps, 0);
+    CHECK_EQ_INT(st->train.recompute, 0);
+    CHECK_EQ_INT(st->train.zero_stage, 0);
     CHECK_EQ_INT(st->eval.enabled, 0);
     CHECK(strcmp(st->checkpoint.dir, "runs/t") == 0);
     CHECK_EQ_INT(st->checkpoint.every_steps, 500);
@@ -157,6 +159,18 @@ static void test_defaults(void) {
     /* device cuda without precision: bf16 */
     CHECK_RC(parse(edit(MINIMAL, "checkpoint", "cluster: {device: cuda}\n", 0), &s, NULL), 0);
     if (s) CHECK_EQ_INT(s->stages[0].train.precision, JOB_PRECISION_BF16);
+    job_spec_free(&s);
+    /* recomputation and ZeRO-1 on cuda (and through the reference's names), and back through JSON */
+    CHECK_RC(parse(edit(MINIMAL, "  lr:", "  lr: 1e-3\n  recompute: true\n  zero_stage: 1\ncluster: {device: cuda}\n",
+                        1), &s, NULL), 0);
+    if (s) {
+        CHECK_EQ_INT(s->stages[0].train.recompute, 1);
+        CHECK_EQ_INT(s->stages[0].train.zero_stage, 1);
+        char *js = NULL;
+        CHECK_RC(job_spec_to_json(s, &js), 0);
+        CHECK(js && strstr(js, "\"recompute\":true") && strstr(js, "\"zero_stage\":1"));
+        free(js);
+    }
     job_spec_free(&s);
     /* a whole LLaVA model instead of the two towers */
     const char *llava = "name: t\nmodel: {llava: m/llava-1.5-7b}\ndata: {train: d, template: vicuna_v1}\n"
@@ -288,6 +302,15 @@ static void test_ranges(void) {
     expect_one(edit(MINIMAL, "  lr:", "  lr: 1e-3\n  precision: bf16\n", 1),
                "t.yaml:10:14: key 'train.precision': bf16 needs cluster.device: cuda (the CPU backend trains in fp32); "
                "use fp32");
+    expect_one(edit(MINIMAL, "  lr:", "  lr: 1e-3\n  recompute: yes\n", 1),
+               "t.yaml:10:14: key 'train.recompute': recomputation needs cluster.device: cuda (the CPU backend keeps "
+               "every activation); remove it or set it to false");
+    expect_one(edit(MINIMAL, "  lr:", "  lr: 1e-3\n  zero_stage: 1\n", 1),
+               "t.yaml:10:15: key 'train.zero_stage': ZeRO-1 needs cluster.device: cuda (NCCL between GPU workers); "
+               "use 0");
+    expect_one(edit(MINIMAL, "  lr:", "  lr: 1e-3\n  zero_stage: 2\ncluster: {device: cuda}\n", 1),
+               "t.yaml:10:15: key 'train.zero_stage': must be 0 (no sharding) or 1 (ZeRO-1: optimizer state sharded "
+               "over the workers), got 2");
     expect_one(edit(MINIMAL, "  template:", "  template: plain\n  max_seq_len: 8\n", 1),
                "t.yaml:8:16: key 'data.max_seq_len': must be in [16, 1048576], got 8");
     expect_one(edit(MINIMAL, "model:", "model:\n  llava: m/llava\n", 1),
