@@ -1,6 +1,6 @@
-/* llava-model: make a random LLaVA model directory (init) and run one training step on a batch file (step),
- * printing the loss and writing the gradients of the mean loss. `llava-model --help` lists the subcommands.
- * Tested by tests/integration/model_step.sh (fixture loss, gradients, bad inputs). */
+/* llava-model: make a random LLaVA model directory (init), run one training step on a batch file (step: prints the
+ * loss, writes the gradients of the mean loss), plan a job's GPU memory (memplan, CUDA builds). `llava-model --help`
+ * lists the subcommands. Tested by tests/integration/model_step.sh (fixture loss, gradients, bad inputs; memplan). */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,13 +12,17 @@
 #include "worker/batchfile.h"
 #include "worker/model_llava.h"
 #include "worker/omp_policy.h"
+#ifdef LLAVA_HAVE_CUDA
+#include "kernels/cuda/memplan.h"
+#endif
 
 static void usage_main(FILE *f) {
     fprintf(f,
             "usage: llava-model <command> [options]\n"
             "commands:\n"
-            "  init   write a randomly initialised model directory from a LLaVA config.json\n"
-            "  step   one forward+backward on a batch file: print the loss, optionally write gradients\n"
+            "  init     write a randomly initialised model directory from a LLaVA config.json\n"
+            "  step     one forward+backward on a batch file: print the loss, optionally write gradients\n"
+            "  memplan  GPU memory per device of a training job: fits or not, and what to change (CUDA builds)\n"
             "Run `llava-model <command> --help` for its options.\n");
 }
 
@@ -156,6 +160,14 @@ int main(int argc, char **argv) {
     }
     if (strcmp(argv[1], "init") == 0) return cmd_init(argc - 1, argv + 1);
     if (strcmp(argv[1], "step") == 0) return cmd_step(argc - 1, argv + 1);
+    if (strcmp(argv[1], "memplan") == 0) {
+#ifdef LLAVA_HAVE_CUDA
+        return memplan_cli_main(argc - 1, argv + 1, stdout);
+#else
+        fprintf(stderr, "llava-model memplan: this build has no CUDA backend (configure with nvcc present)\n");
+        return 2;
+#endif
+    }
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage_main(stdout);
         return 0;

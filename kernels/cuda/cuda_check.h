@@ -47,6 +47,8 @@ extern "C" {
 int cuda_device_count(void);
 /** Logs name, memory and compute capability of device `dev`. Returns 0 or LLAVA_ECUDA. */
 int cuda_device_describe(int dev, char *buf, size_t len);
+/** *bytes = total memory of device `dev` (cudaDeviceProp.totalGlobalMem). Returns 0 or LLAVA_ECUDA. */
+int cuda_device_memory(int dev, double *bytes);
 #ifdef __cplusplus
 }
 #endif

@@ -15,6 +15,15 @@ extern "C" int cuda_device_count(void) {
     return n;
 }
 
+extern "C" int cuda_device_memory(int dev, double *bytes) {
+    int rc = 0;
+    cudaDeviceProp p;
+    CUDA_CHECK_GOTO(cudaGetDeviceProperties(&p, dev));
+    *bytes = (double)p.totalGlobalMem;
+cleanup:
+    return rc;
+}
+
 extern "C" int cuda_device_describe(int dev, char *buf, size_t len) {
     int rc = 0;
     cudaDeviceProp p;

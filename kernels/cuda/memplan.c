@@ -198,6 +198,37 @@ void memplan_print(const memplan_t *p, FILE *f) {
                    "larger GPUs\n");
 }
 
+void memplan_advice_spec(const memplan_t *p, char *buf, size_t len) {
+    char a[3][96] = {"", "", ""};
+    if (p->advice_recompute) snprintf(a[0], sizeof a[0], " train.recompute: true;");
+    if (p->advice_micro_batch_tokens)
+        snprintf(a[1], sizeof a[1], " train.micro_batch_tokens: %ld;", p->advice_micro_batch_tokens);
+    if (p->advice_zero_world)
+        snprintf(a[2], sizeof a[2], " train.zero_stage: 1 with cluster.workers >= %d;", p->advice_zero_world);
+    if (!a[0][0] && !a[1][0] && !a[2][0])
+        snprintf(buf, len, "no single change fits: combine train.recompute: true, a smaller train.micro_batch_tokens "
+                           "and train.zero_stage: 1 over more workers, or use larger GPUs");
+    else
+        snprintf(buf, len, "change one of:%s%s%s", a[0], a[1], a[2]);
+    size_t n = strlen(buf);
+    if (n > 0 && buf[n - 1] == ';') buf[n - 1] = 0;
+}
+
+void memplan_usage(FILE *f) {
+    fprintf(f, "usage: memplan [--config PATH] [--trainable projector|all] [--precision bf16|fp32] [--tokens N]\n"
+               "               [--images N] [--recompute] [--zero W] [--device-gb G]\n"
+               "Device memory per GPU of a LLaVA training job, whether it fits, and what to change if not.\n"
+               "  --config PATH      LLaVA config.json (default: LlavaConfig's defaults, a 7B LLaMA + CLIP-L/336)\n"
+               "  --trainable WHAT   projector, or all (projector + LLM; the vision tower stays frozen)  [all]\n"
+               "  --precision P      bf16 (fp32 master weights and moments) or fp32                       [bf16]\n"
+               "  --tokens N         LLM tokens per micro-batch per GPU (train.micro_batch_tokens)        [2048]\n"
+               "  --images N         images per micro-batch                                               [1]\n"
+               "  --recompute        per-layer activation recomputation (train.recompute: true)\n"
+               "  --zero W           ZeRO-1 over W ranks (train.zero_stage: 1 with W workers)             [1]\n"
+               "  --device-gb G      GiB of one GPU                                                      [79.1]\n"
+               "Exit status: 0 fits, 1 does not fit, 2 bad arguments.\n");
+}
+
 static int parse_long(const char *s, long lo, long *out) {
     char *end = NULL;
     long x = strtol(s, &end, 10);
@@ -215,6 +246,10 @@ int memplan_cli_main(int argc, char **argv, FILE *out) {
     memplan_opts_default(&o);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            memplan_usage(out);
+            return 0;
+        }
         if (strcmp(a, "--recompute") == 0) {
             o.recompute = 1;
             continue;
@@ -239,9 +274,8 @@ int memplan_cli_main(int argc, char **argv, FILE *out) {
         } else if (strcmp(a, "--device-gb") == 0 && atof(val) > 0) {
             o.device_bytes = atof(val) * GIB;
         } else {
-            fprintf(stderr, "memplan: bad argument %s %s\n(usage: memplan [--config PATH] [--trainable "
-                            "projector|all] [--precision bf16|fp32] [--tokens N] [--images N] [--recompute] "
-                            "[--zero W] [--device-gb G])\n", a, val);
+            fprintf(stderr, "memplan: bad argument %s %s\n", a, val);
+            memplan_usage(stderr);
             return 2;
         }
     }

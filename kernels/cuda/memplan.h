@@ -70,6 +70,11 @@ void memplan_print(const memplan_t *p, FILE *f);
  *    --device-gb G (GiB)
  *  Prints the table to out. Returns 0 when the job fits, 1 when it does not, 2 on bad arguments (exit codes). */
 int memplan_cli_main(int argc, char **argv, FILE *out);
+/** The advice of a plan that does not fit as job-spec changes, e.g. "change one of: train.recompute: true; ...;
+ *  train.zero_stage: 1 with cluster.workers >= 2" (or what to combine when no single change fits). */
+void memplan_advice_spec(const memplan_t *p, char *buf, size_t len);
+/** The subcommand's usage text (what --help prints). */
+void memplan_usage(FILE *f);
 
 #ifdef __cplusplus
 }

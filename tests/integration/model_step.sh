@@ -15,6 +15,22 @@ bad() { echo "FAIL: $*"; fail=1; }
 "$BIN" step --help | grep -q -- "--batch" || bad "step --help"
 "$BIN" init --help | grep -q -- "--config" || bad "init --help"
 
+# memplan (CUDA builds): the planner's 7B verdicts, its advice, --help and bad arguments
+if "$BIN" memplan --help > "$TMP/mp" 2>&1; then
+    grep -q -- "--zero W" "$TMP/mp" || bad "memplan --help lists no --zero"
+    "$BIN" memplan --trainable all > "$TMP/mp"; rc=$?
+    [ $rc -eq 1 ] || bad "memplan: 7B all on one GPU: exit $rc (want 1: does not fit)"
+    grep -q "advice: ZeRO-1 over >= 2 ranks" "$TMP/mp" || bad "memplan: no ZeRO-1 advice for 7B on one GPU"
+    "$BIN" memplan --trainable all --zero 8 > "$TMP/mp" || bad "memplan: 7B all with ZeRO-1 x 8 does not fit"
+    grep -q "verdict: FITS" "$TMP/mp" || bad "memplan: no FITS verdict"
+    "$BIN" memplan --zero 0 > /dev/null 2>&1; rc=$?
+    [ $rc -eq 2 ] || bad "memplan --zero 0: exit $rc (want 2)"
+    echo "memplan: 7B verdicts and advice as expected"
+else
+    grep -q "no CUDA backend" "$TMP/mp" || bad "memplan without CUDA: no reason given"
+    echo "memplan: this build has no CUDA backend (refused with a reason)"
+fi
+
 for case in mha_linear gqa_mlp2x; do
     want=$(sed -n 's/^ *"loss": "\{0,1\}\([0-9.e+-]*\)"\{0,1\},*$/\1/p' "$FIX/$case/expected.json" | head -1)
     for mode in projector all; do

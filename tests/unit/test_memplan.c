@@ -57,6 +57,10 @@ static void test_7b(void) {
     CHECK(!p.advice_recompute);          /* recompute alone cannot help: the states do not fit */
     CHECK_EQ_INT(p.advice_micro_batch_tokens, 0);
     memplan_print(&p, stdout);
+    char adv[512], want[128];
+    memplan_advice_spec(&p, adv, sizeof adv); /* what a worker refusing the job says */
+    snprintf(want, sizeof want, "change one of: train.zero_stage: 1 with cluster.workers >= %d", p.advice_zero_world);
+    CHECKF(strcmp(adv, want) == 0, "advice '%s'", adv);
     /* ZeRO-1 over 8 x 80 GB fits, even without recompute */
     o.zero_world = 8;
     CHECK_RC(memplan_compute(&c, &o, &p), 0);
@@ -106,6 +110,16 @@ static void test_13b(void) {
     CHECK(!p.fits);
     CHECK(p.advice_recompute);
     memplan_print(&p, stdout);
+    char adv[512];
+    memplan_advice_spec(&p, adv, sizeof adv);
+    CHECKF(strncmp(adv, "change one of: train.recompute: true", 36) == 0, "advice '%s'", adv);
+    /* nothing single fits: 13B all on a 16 GiB device */
+    o.zero_world = 1;
+    o.device_bytes = 16.0 * (1 << 30);
+    CHECK_RC(memplan_compute(&c, &o, &p), 0);
+    CHECK(!p.fits && !p.advice_recompute && !p.advice_micro_batch_tokens);
+    memplan_advice_spec(&p, adv, sizeof adv);
+    CHECKF(p.advice_zero_world || strncmp(adv, "no single change fits", 21) == 0, "advice '%s'", adv);
 }
 
 static void test_bad(void) {
@@ -136,6 +150,8 @@ static void test_cli(void) {
     char *proj[] = {"memplan", "--trainable", "projector", "--precision", "fp32", "--images", "4", "--recompute"};
     CHECK(f != NULL);
     if (!f) return;
+    char *help[] = {"memplan", "--help"};
+    CHECK_EQ_INT(memplan_cli_main(2, help, f), 0);
     CHECK_EQ_INT(memplan_cli_main(9, fit, f), 0);
     CHECK_EQ_INT(memplan_cli_main(5, nofit, f), 1);
     CHECK_EQ_INT(memplan_cli_main(2, bad1, f), 2);
