@@ -719,28 +719,28 @@ static void hpass_rgbx(int simd, const uint8_t *restrict row, int cw, int ks2, c
     hpass_rgbx_scalar(row, cw, ks2, bounds, k4, dst);
 }
 
-/* One output row of the vertical pass over RGBX rows: count bytes from each of n source rows stride apart, weights
- * k, into the clipped row dst. */
-static void vrow_scalar(const uint8_t *restrict src, size_t stride, size_t count, int n, const int32_t *restrict k,
+/* One output row of the vertical pass over RGBX rows: count bytes from offset off of each of the n rows (row y at
+ * rows[y]), weights k, into the clipped row dst. */
+static void vrow_scalar(const uint8_t *const *rows, size_t off, size_t count, int n, const int32_t *restrict k,
                         uint8_t *restrict dst) {
     for (size_t i = 0; i < count; i++) {
         int32_t acc = 1 << (PRECISION_BITS - 1);
-        for (int y = 0; y < n; y++) acc += src[(size_t)y * stride + i] * k[y];
+        for (int y = 0; y < n; y++) acc += rows[y][off + i] * k[y];
         dst[i] = clip8(acc);
     }
 }
 
 #ifdef HAVE_HPASS_AVX2
 /* 32 bytes (4 x 8 lanes) at a time with the accumulators in registers across the taps. */
-__attribute__((target("avx2"))) static void vrow_avx2(const uint8_t *restrict src, size_t n4, int n,
+__attribute__((target("avx2"))) static void vrow_avx2(const uint8_t *const *rows, size_t n4, int n,
                                                       const int32_t *restrict k, uint8_t *restrict dst) {
     const __m256i init = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     size_t i = 0;
     for (; i + 32 <= n4; i += 32) {
         __m256i a0 = init, a1 = init, a2 = init, a3 = init;
-        const uint8_t *p = src + i;
-        for (int y = 0; y < n; y++, p += n4) {
+        for (int y = 0; y < n; y++) {
+            const uint8_t *p = rows[y] + i;
             __m256i kv = _mm256_set1_epi32(k[y]);
             a0 = _mm256_add_epi32(a0, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p)), kv));
             a1 = _mm256_add_epi32(a1, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p + 8))), kv));
@@ -753,44 +753,16 @@ __attribute__((target("avx2"))) static void vrow_avx2(const uint8_t *restrict sr
         __m256i b = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w01, w23), order);
         _mm256_storeu_si256((__m256i *)(void *)(dst + i), b);
     }
-    if (i < n4) vrow_scalar(src + i, n4, n4 - i, n, k, dst + i);
+    if (i < n4) vrow_scalar(rows, i, n4 - i, n, k, dst + i);
 }
 #endif
-
-/* Vertical pass of RGBX rows into channel-major output: rows [y0, y0+ch) of cw pixels from src (cw wide; its row 0
- * is source row yoff); out_chw planes are np bytes apart. line holds 4*cw bytes. */
-static void vpass_rgbx_chw(int simd, const uint8_t *restrict src, int cw, int yoff, int y0, int ch, int ksize,
-                           const int *restrict bounds, const int32_t *restrict kk, uint8_t *restrict line,
-                           uint8_t *restrict out_chw, size_t np) {
-    size_t n4 = (size_t)cw * 4;
-#ifdef HAVE_HPASS_AVX2
-    int avx2 = simd;
-#else
-    (void)simd;
-#endif
-    for (int oy = 0; oy < ch; oy++) {
-        int yy = oy + y0, n = bounds[2 * yy + 1];
-        const uint8_t *s = src + (size_t)(bounds[2 * yy] - yoff) * n4;
-        const int32_t *k = kk + (size_t)yy * ksize;
-#ifdef HAVE_HPASS_AVX2
-        if (avx2)
-            vrow_avx2(s, n4, n, k, line);
-        else
-#endif
-            vrow_scalar(s, n4, n4, n, k, line);
-        uint8_t *d = out_chw + (size_t)oy * cw;
-        for (int x = 0; x < cw; x++) {
-            d[x] = line[4 * x];
-            d[np + x] = line[4 * x + 1];
-            d[2 * np + x] = line[4 * x + 2];
-        }
-    }
-}
 
 /* The sink that preprocesses while decoding: each decoded row is placed in a padded "virtual" row (LLaVA's
- * expand2square canvas, never stored whole) and, if the crop window needs it, resampled horizontally at once; the
- * vertical pass runs at the end. When Pillow would run the vertical pass first (non-padded images taller than about
- * 2:1), the picture is kept whole and resize_window does the work. */
+ * expand2square canvas, never stored whole) and, if the crop window needs it, resampled horizontally at once into a
+ * ring of the last ksv such rows; each output row's vertical pass runs as soon as its last source row is in the ring,
+ * so the working set stays in cache. Padding rows and columns share one precomputed horizontal pass of the
+ * background row (a column whose taps all fall in the padding has that value). When Pillow would run the vertical
+ * pass first (non-padded images taller than about 2:1), the picture is kept whole and resize_window does the work. */
 typedef struct {
     img_sink_t base;
     int size, pad;
@@ -804,9 +776,14 @@ typedef struct {
     int xfirst, xlast, yfirst, ylast, ksh, ks2, ksv;
     int *bh, *bh_win, *bv;     /* bh_win: the window's bounds, first tap relative to xfirst */
     int32_t *kh, *kh4, *kv;    /* kh4: the window's horizontal weights, ks2 per column, zero-padded */
+    int oxa, oxb;              /* window columns [oxa, oxb) read picture pixels; the others only padding */
+    uint8_t *bgh;              /* (size, 4) the background row after the horizontal pass; NULL without padding */
+    int nring;                 /* ring rows: ksv with a vertical pass, else 1 */
+    uint8_t *ring;             /* (nring, size, 4) horizontally resampled rows, RGBX; row vy in slot vy % nring */
+    const uint8_t **slot;      /* (nring) where row vy % nring is: in ring, or bgh for a padding row */
+    const uint8_t **taps;      /* (nring) the source rows of one output row */
+    int next_vy, next_out;     /* next virtual row to feed, next output row to produce */
     uint8_t *line;             /* (size, 4) one vertically resampled row */
-    uint8_t *tmp;              /* (ylast - yfirst, size, 4) horizontally resampled rows, RGBX */
-    int *have;                 /* (ylast - yfirst) row filled */
 } clip_sink_t;
 
 static const uint8_t CLIP_BG[4] = {122, 116, 104, 0}; /* int(255 * CLIP mean) */
@@ -820,9 +797,73 @@ static void clip_sink_free(clip_sink_t *c) {
     free(c->kh);
     free(c->kh4);
     free(c->kv);
+    free(c->bgh);
+    free(c->ring);
+    free(c->slot);
+    free(c->taps);
     free(c->line);
-    free(c->tmp);
-    free(c->have);
+}
+
+/* Horizontal pass (or the window's columns) of the current virtual row into d; columns outside [xa, xb) are
+ * copied from bgh. */
+static void clip_hpass(clip_sink_t *c, int xa, int xb, uint8_t *d) {
+    if (!c->need_h) {
+        memcpy(d, c->vrow + (size_t)c->x0 * 4, (size_t)c->size * 4);
+        return;
+    }
+    if (xa > 0) memcpy(d, c->bgh, (size_t)xa * 4);
+    if (xb > xa)
+        hpass_rgbx(c->simd, c->vrow + (size_t)c->xfirst * 4, xb - xa, c->ks2, c->bh_win + 2 * (size_t)xa,
+                   c->kh4 + (size_t)xa * c->ks2, d + (size_t)xa * 4);
+    if (xb < c->size) memcpy(d + (size_t)xb * 4, c->bgh + (size_t)xb * 4, (size_t)(c->size - xb) * 4);
+}
+
+/* Output row oy of the window into out_chw: vertical pass over the ring (or the row itself without one). */
+static void clip_emit(clip_sink_t *c, int oy, const uint8_t *row) {
+    int S = c->size;
+    size_t np = (size_t)S * S;
+    if (c->need_v) {
+        int yy = oy + c->y0, first = c->bv[2 * yy], n = c->bv[2 * yy + 1];
+        for (int t = 0; t < n; t++) c->taps[t] = c->slot[(first + t) % c->nring];
+        const int32_t *k = c->kv + (size_t)yy * c->ksv;
+#ifdef HAVE_HPASS_AVX2
+        if (c->simd)
+            vrow_avx2(c->taps, (size_t)S * 4, n, k, c->line);
+        else
+#endif
+            vrow_scalar(c->taps, 0, (size_t)S * 4, n, k, c->line);
+        row = c->line;
+    }
+    uint8_t *d = c->out_chw + (size_t)oy * S;
+    for (int x = 0; x < S; x++) {
+        d[x] = row[4 * x];
+        d[np + x] = row[4 * x + 1];
+        d[2 * np + x] = row[4 * x + 2];
+    }
+}
+
+/* Feeds virtual row next_vy (a picture row in vrow, or padding when bg) and emits the output rows it completes. */
+static int clip_feed(clip_sink_t *c, int bg) {
+    int vy = c->next_vy++, i = vy % c->nring;
+    if (bg) {
+        if (!c->bgh) return LLAVA_EINVAL; /* a padding row without padding: cannot happen */
+        c->slot[i] = c->bgh;
+    } else {
+        uint8_t *d = c->ring + (size_t)i * c->size * 4;
+        clip_hpass(c, c->oxa, c->oxb, d);
+        c->slot[i] = d;
+    }
+    if (!c->need_v) {
+        clip_emit(c, vy - c->y0, c->slot[i]);
+        c->next_out++;
+        return 0;
+    }
+    while (c->next_out < c->size) {
+        int yy = c->next_out + c->y0;
+        if (c->bv[2 * yy] + c->bv[2 * yy + 1] - 1 > vy) break;
+        clip_emit(c, c->next_out++, NULL);
+    }
+    return 0;
 }
 
 static int clip_begin(img_sink_t *s, int w, int h) {
@@ -848,6 +889,8 @@ static int clip_begin(img_sink_t *s, int w, int h) {
         return c->vw == w && c->vh == h ? image_alloc(&c->full, w, h) : LLAVA_EINVAL;
     }
     c->base.bpp = 4;
+    c->oxa = 0;
+    c->oxb = S;
     if (c->need_h) {
         c->ksh = resample_coeffs(c->vw, c->rw, &c->bh, &c->kh);
         if (c->ksh < 0) return LLAVA_ENOMEM;
@@ -857,11 +900,19 @@ static int clip_begin(img_sink_t *s, int w, int h) {
         c->kh4 = calloc((size_t)S * c->ks2, sizeof(int32_t));
         c->bh_win = malloc(sizeof(int) * 2 * (size_t)S);
         if (!c->kh4 || !c->bh_win) return LLAVA_ENOMEM;
+        int ia = c->ox - c->xfirst, ib = c->ox + w - c->xfirst; /* the picture's columns, window-relative */
+        c->oxa = S;
+        c->oxb = 0;
         for (int ox = 0; ox < S; ox++) {
             int xx = ox + c->x0;
+            const int32_t *k = c->kh + (size_t)xx * c->ksh;
             c->bh_win[2 * ox] = c->bh[2 * xx] - c->xfirst;
             c->bh_win[2 * ox + 1] = c->bh[2 * xx + 1];
-            for (int t = 0; t < c->bh[2 * xx + 1]; t++) c->kh4[(size_t)ox * c->ks2 + t] = c->kh[(size_t)xx * c->ksh + t];
+            for (int t = 0; t < c->bh[2 * xx + 1]; t++) c->kh4[(size_t)ox * c->ks2 + t] = k[t];
+            if (c->bh_win[2 * ox] < ib && c->bh_win[2 * ox] + c->bh_win[2 * ox + 1] > ia) {
+                if (ox < c->oxa) c->oxa = ox;
+                c->oxb = ox + 1;
+            }
         }
     }
     if (c->need_v) {
@@ -875,11 +926,19 @@ static int clip_begin(img_sink_t *s, int w, int h) {
         c->yfirst = c->y0;
         c->ylast = c->y0 + S;
     }
+    c->nring = c->need_v ? c->ksv : 1;
     c->vrow = calloc((size_t)c->vw + 1, 4);
-    c->tmp = malloc((size_t)(c->ylast - c->yfirst) * S * 4 + 1);
-    c->have = calloc((size_t)(c->ylast - c->yfirst), sizeof(int));
-    if (!c->vrow || !c->tmp || !c->have) return LLAVA_ENOMEM;
+    c->ring = malloc((size_t)c->nring * S * 4 + 1);
+    c->slot = calloc((size_t)c->nring, sizeof *c->slot);
+    c->taps = calloc((size_t)c->nring, sizeof *c->taps);
+    if (!c->vrow || !c->ring || !c->slot || !c->taps) return LLAVA_ENOMEM;
     for (int x = 0; x < c->vw; x++) memcpy(c->vrow + 4 * x, CLIP_BG, 4);
+    if (c->vw != w || c->vh != h) {
+        c->bgh = malloc((size_t)S * 4 + 1);
+        if (!c->bgh) return LLAVA_ENOMEM;
+        clip_hpass(c, 0, S, c->bgh); /* vrow is all background until the first picture row */
+    }
+    c->next_vy = c->yfirst;
     return 0;
 }
 
@@ -889,51 +948,21 @@ static uint8_t *clip_row(img_sink_t *s, int y) {
     return c->vrow + (size_t)c->ox * 4;
 }
 
-/* Horizontal pass (or the window's columns) of the current virtual row into tmp row vy - yfirst. */
-static void clip_hrow(clip_sink_t *c, int vy) {
-    uint8_t *d = c->tmp + (size_t)(vy - c->yfirst) * c->size * 4;
-    if (c->need_h)
-        hpass_rgbx(c->simd, c->vrow + (size_t)c->xfirst * 4, c->size, c->ks2, c->bh_win, c->kh4, d);
-    else
-        memcpy(d, c->vrow + (size_t)c->x0 * 4, (size_t)c->size * 4);
-    c->have[vy - c->yfirst] = 1;
-}
-
 static int clip_done(img_sink_t *s, int y) {
     clip_sink_t *c = (clip_sink_t *)s;
-    int vy = y + c->oy;
-    if (!c->full.rgb && vy >= c->yfirst && vy < c->ylast) clip_hrow(c, vy);
-    return 0;
+    int vy = y + c->oy, rc = 0;
+    if (c->full.rgb || vy < c->yfirst || vy >= c->ylast) return 0;
+    while (rc == 0 && c->next_vy < vy) rc = clip_feed(c, 1);
+    return rc ? rc : clip_feed(c, 0);
 }
 
 static int clip_end(img_sink_t *s) {
     clip_sink_t *c = (clip_sink_t *)s;
-    int S = c->size;
-    size_t np = (size_t)S * S;
-    if (c->full.rgb) return image_clip_preprocess_u8(&c->full, S, 0, c->out_chw);
-    /* rows of the padding band: the background row's horizontal pass, computed once */
-    int bg_row = -1;
-    for (int vy = c->yfirst; vy < c->ylast; vy++) {
-        if (c->have[vy - c->yfirst]) continue;
-        if (bg_row < 0) {
-            for (int x = 0; x < c->vw; x++) memcpy(c->vrow + 4 * x, CLIP_BG, 4);
-            clip_hrow(c, vy);
-            bg_row = vy;
-        } else {
-            memcpy(c->tmp + (size_t)(vy - c->yfirst) * S * 4, c->tmp + (size_t)(bg_row - c->yfirst) * S * 4,
-                   (size_t)S * 4);
-        }
-    }
-    if (c->need_v) {
-        vpass_rgbx_chw(c->simd, c->tmp, S, c->yfirst, c->y0, S, c->ksv, c->bv, c->kv, c->line, c->out_chw, np);
-    } else {
-        for (size_t i = 0; i < np; i++) {
-            c->out_chw[i] = c->tmp[4 * i];
-            c->out_chw[np + i] = c->tmp[4 * i + 1];
-            c->out_chw[2 * np + i] = c->tmp[4 * i + 2];
-        }
-    }
-    return 0;
+    int rc = 0;
+    if (c->full.rgb) return image_clip_preprocess_u8(&c->full, c->size, 0, c->out_chw);
+    while (rc == 0 && c->next_vy < c->ylast) rc = clip_feed(c, 1);
+    if (rc == 0 && c->next_out != c->size) rc = LLAVA_EINVAL; /* every output row is fed by construction */
+    return rc;
 }
 
 static void clip_sink_init(clip_sink_t *c, int size, int pad, uint8_t *out_chw) {
