@@ -68,6 +68,7 @@ typedef struct {
     int64_t global_batch, mb_tokens, epochs, steps_per_epoch, total_steps, ckpt_every, ckpt_keep;
     uint64_t seed;
     int group_by_length, max_seq_len;
+    int ckpt_every_epoch; /* eval.every_epoch: an epoch-<N> checkpoint at the end of each epoch but the last */
     double lr, warmup_ratio;
     char schedule[16];
     int want_workers, max_replacements, replacements;

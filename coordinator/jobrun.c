@@ -303,12 +303,15 @@ static void on_state_loaded(coord_t *c, worker_t *w, const wire_msg_t *m) {
           (long long)m->step, w->id, (coord_now() - j->join_at) * 1000.0);
 }
 
-static void send_checkpoint(coord_t *c, int final) {
+/* Writes the weights as of j->step into run_dir/<name> (default checkpoint-<step>, which checkpoint.keep prunes;
+ * any other name is kept). Either way `latest` then names it: every checkpoint is a complete resume point. */
+static void send_checkpoint(coord_t *c, int final, const char *as) {
     jobrun_t *j = c->job;
     if (j->nmembers == 0) return;
     cJSON *b = cJSON_CreateObject();
     char name[64];
-    snprintf(name, sizeof name, "checkpoint-%lld", (long long)j->step);
+    if (as) snprintf(name, sizeof name, "%s", as);
+    else snprintf(name, sizeof name, "checkpoint-%lld", (long long)j->step);
     cJSON_AddStringToObject(b, "run_dir", j->run_dir);
     cJSON_AddStringToObject(b, "name", name);
     cJSON_AddNumberToObject(b, "keep", (double)j->ckpt_keep);
@@ -417,7 +420,14 @@ static void commit_step(coord_t *c) {
     }
     j->step++;
     int final = j->step >= j->total_steps;
-    if (final || (j->ckpt_every > 0 && j->step % j->ckpt_every == 0)) send_checkpoint(c, final);
+    if (!final && j->ckpt_every_epoch && j->step % j->steps_per_epoch == 0) {
+        /* for the evaluation's learning curve; sent first so that `latest` names checkpoint-<step> if both fall
+         * here (two writes of the same weights: the simple way to keep both names complete) */
+        char name[64];
+        snprintf(name, sizeof name, "epoch-%lld", (long long)(j->step / j->steps_per_epoch));
+        send_checkpoint(c, 0, name);
+    }
+    if (final || (j->ckpt_every > 0 && j->step % j->ckpt_every == 0)) send_checkpoint(c, final, NULL);
     if (final) j->phase = P_FINAL_CKPT;
     else {
         if (j->joiner_loaded) admit_joiner(c);
@@ -534,6 +544,8 @@ int jobrun_start(coord_t *c, uint64_t id) {
     j->max_seq_len = (int)spec_num(j->spec, "data.max_seq_len", 2048);
     j->ckpt_every = (int64_t)spec_num(j->spec, "checkpoint.every_steps", 500);
     j->ckpt_keep = (int64_t)spec_num(j->spec, "checkpoint.keep", 3);
+    const cJSON *ev = spec_get(j->spec, "eval");
+    j->ckpt_every_epoch = cJSON_IsObject(ev) && !cJSON_IsFalse(spec_get(ev, "every_epoch"));
     j->want_workers = (int)spec_num(j->spec, "cluster.workers", 1);
     j->max_replacements = (int)spec_num(j->spec, "cluster.max_replacements", 4);
     c->heartbeat_ms = (int)spec_num(j->spec, "cluster.heartbeat_ms", 500);
@@ -666,7 +678,8 @@ static void on_ckpt_done(coord_t *c, worker_t *w, const wire_msg_t *m) {
     j->last_ckpt_step = m->step;
     LOG_I("job %llu: checkpoint at step %lld written to %s", (unsigned long long)j->id, (long long)m->step,
           wire_get_str(m->body, "dir", "?"));
-    if (j->phase == P_FINAL_CKPT) jobrun_finish(c, JOB_DONE, NULL);
+    /* only the final checkpoint's reply ends the job (rank 0 answers in order, so an earlier one comes first) */
+    if (j->phase == P_FINAL_CKPT && m->step == j->step) jobrun_finish(c, JOB_DONE, NULL);
 }
 
 static void on_joiner_msg(coord_t *c, worker_t *w, const wire_msg_t *m) {
@@ -780,7 +793,7 @@ void jobrun_worker_lost(coord_t *c, worker_t *w) {
     }
     if (j->phase == P_FINAL_CKPT) {
         new_generation(c);
-        if (j->ckpt_pending) send_checkpoint(c, 1); /* the survivors hold the same final weights */
+        if (j->ckpt_pending) send_checkpoint(c, 1, NULL); /* the survivors hold the same final weights */
     }
 }
 

@@ -3,7 +3,8 @@
  * for another micro-batch budget; every sample exactly once per epoch in the ledger; and the failure promise:
  * kill -9 of a worker mid-step, two workers killed in one step, a worker stopped past the hang timeout and
  * continued, a local replacement joining the running job with a live member's state (and computing after it),
- * the coordinator killed and restarted (going on from the workers' memory: no committed step computed again).
+ * the coordinator killed and restarted (going on from the workers' memory: no committed step computed again); the
+ * last two with eval.every_epoch's extra epoch-1 checkpoint, which changes no loss and leaves `latest` at the end.
  * Run: ctest -R test_cluster_sim (needs LLAVA_BUILD_DIR, set by ctest). */
 #include <signal.h>
 #include <stdio.h>
@@ -264,6 +265,36 @@ static void check_run(const char *what, cluster_t *c, uint64_t job, double timeo
     printf("%s: ok (%d steps)\n", what, steps);
 }
 
+/* eval.every_epoch on: the end of epoch 1 (step 12, where checkpoint-12 falls too) leaves epoch-1 besides the
+ * checkpoints; the coordinator only needs the section's presence (no evaluation runs here). */
+static cJSON *with_epoch_eval(cJSON *spec) {
+    cJSON *e = cJSON_AddObjectToObject(spec, "eval");
+    cJSON_AddStringToObject(e, "data", "mc-test.json");
+    cJSON_AddBoolToObject(e, "every_epoch", 1);
+    return spec;
+}
+
+/* The run dir of spec `name` after the job: epoch-1 present (the state of step 12) or absent, `latest` naming the
+ * final checkpoint-<STEPS> either way. */
+static void check_epoch_ckpt(const char *what, const char *name, int want) {
+    char p[1024], text[256] = "";
+    snprintf(p, sizeof p, "%s/run-%s/epoch-1/trainer_state.json", g_tmp, name);
+    FILE *f = fopen(p, "r");
+    size_t n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    text[n] = 0;
+    if (f) fclose(f);
+    if (want) CHECKF(f && strstr(text, "\"step\":\t12,"), "%s: no epoch-1 checkpoint of step 12 (%s)", what, p);
+    else CHECKF(!f, "%s: %s written without eval.every_epoch", what, p);
+    snprintf(p, sizeof p, "%s/run-%s/latest", g_tmp, name);
+    f = fopen(p, "r");
+    text[0] = 0;
+    if (f && !fgets(text, sizeof text, f)) text[0] = 0;
+    if (f) fclose(f);
+    char final[64];
+    snprintf(final, sizeof final, "checkpoint-%d\n", STEPS);
+    CHECKF(strcmp(text, final) == 0, "%s: latest names '%s', want checkpoint-%d", what, text, STEPS);
+}
+
 int main(void) {
     const char *b = getenv("LLAVA_BUILD_DIR");
     if (!b) TEST_SKIP("LLAVA_BUILD_DIR not set (run through ctest)");
@@ -287,6 +318,7 @@ int main(void) {
     int steps = 0;
     CHECK_EQ_INT(ledger_losses(&c, job, g_base, &steps), 0);
     CHECK_EQ_INT(steps, STEPS);
+    check_epoch_ckpt("baseline", "base", 0);
     cluster_stop(&c, SIGTERM);
 
     /* 2 and 3 workers, and another micro-batch budget: the same losses */
@@ -341,8 +373,8 @@ int main(void) {
         if (joins < 1 || newcomer_mbs <= 0) print_log(&c);
     }
 
-    /* two workers killed in the same step */
-    job = submit(&c, make_spec("killtwo", 3, 60, 3000));
+    /* two workers killed in the same step, with epoch checkpoints on: the same losses, epoch-1 written */
+    job = submit(&c, with_epoch_eval(make_spec("killtwo", 3, 60, 3000)));
     CHECK(wait_step(&c, job, 5, 60) == 0);
     pid_t pids[8];
     int n = member_pids(&c, job, pids, 8);
@@ -352,6 +384,7 @@ int main(void) {
         kill(pids[1], SIGKILL);
     }
     check_run("two killed in one step", &c, job, 120);
+    check_epoch_ckpt("two killed in one step", "killtwo", 1);
 
     /* SIGSTOP one past the hang timeout, then SIGCONT: fenced, the job goes on and finishes */
     job = submit(&c, make_spec("stop", 3, 60, 800));
@@ -370,7 +403,7 @@ int main(void) {
     CHECK(cluster_start(&c, "crash", 2, NULL) == 0);
     char ep[256];
     snprintf(ep, sizeof ep, "%s", c.ep);
-    cJSON *spec = make_spec("crash", 2, 60, 3000);
+    cJSON *spec = with_epoch_eval(make_spec("crash", 2, 60, 3000)); /* epoch-1 at step 12, after the restart */
     /* no checkpoint before the end: resuming from one would recompute every step (replayed_steps > 0) */
     cJSON_ReplaceItemInObject(cJSON_GetObjectItemCaseSensitive(spec, "checkpoint"), "every_steps",
                               cJSON_CreateNumber(1000));
@@ -382,6 +415,7 @@ int main(void) {
     cluster_stop(&c, SIGKILL); /* its spawned workers are orphaned: they reconnect to the new coordinator */
     CHECK(cluster_start(&c, "crash", 0, ep) == 0); /* same endpoint: the orphans come back */
     check_run("coordinator killed and restarted", &c, job, 120);
+    check_epoch_ckpt("coordinator killed and restarted", "crash", 1);
     /* the restarted coordinator went on from the workers' memory: nothing committed was computed again */
     cJSON *st = status(&c, job);
     const cJSON *rec = cJSON_GetObjectItemCaseSensitive(st, "job");
