@@ -6,6 +6,7 @@
 #include <getopt.h>
 #include <libgen.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,7 +45,8 @@ static void usage(FILE *f) {
             "  --state DIR       coordinator state directory (default: <checkpoint.dir>/../llava-state)\n"
             "  --backend NAME    model (default) or sim (no model; for tests)\n"
             "  --sim-mb-ms MS    sim backend: milliseconds per micro-batch\n"
-            "  --no-eval         skip the spec's evaluation\n"
+            "  --no-eval         skip the spec's evaluation (with eval.every_epoch: of each epoch's checkpoint, then\n"
+            "                    the final one; scores also go to <checkpoint.dir>/eval.jsonl)\n"
             "  -q, --quiet       no progress bars\n"
             "  -v, --verbose     debug logging from the daemons\n"
             "  -h, --help        this help\n");
@@ -90,7 +92,101 @@ static int find_tokenizer(const char *dataset, char *out, size_t len) {
     return rc;
 }
 
-/* Scores every stage that has an eval section on the stage's final checkpoint. */
+/* step and epoch (a float: step / steps_per_epoch) from a checkpoint's trainer_state.json; -1 if unreadable. */
+static int read_trainer_state(const char *ckpt_dir, int64_t *step, double *epoch) {
+    char path[PATH_MAX + 400], buf[65536];
+    snprintf(path, sizeof path, "%s/trainer_state.json", ckpt_dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    cJSON *ts = cJSON_Parse(buf);
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(ts, "step"), *e = cJSON_GetObjectItemCaseSensitive(ts, "epoch");
+    int rc = cJSON_IsNumber(s) && cJSON_IsNumber(e) ? 0 : -1;
+    if (!rc) *step = (int64_t)s->valuedouble, *epoch = e->valuedouble;
+    cJSON_Delete(ts);
+    return rc;
+}
+
+/* One eval.jsonl line: which checkpoint, when in training, and the scores overall and per question type. */
+static cJSON *eval_line(const char *stage, const char *ckpt, double epoch, int64_t step, int final,
+                        const eval_result_t *r) {
+    cJSON *o = cJSON_CreateObject(), *types = NULL;
+    if (!o) return NULL;
+    cJSON_AddStringToObject(o, "stage", stage);
+    cJSON_AddStringToObject(o, "checkpoint", ckpt);
+    cJSON_AddNumberToObject(o, "epoch", epoch);
+    cJSON_AddNumberToObject(o, "step", (double)step);
+    cJSON_AddBoolToObject(o, "final", final);
+    cJSON_AddNumberToObject(o, "accuracy", r->n ? (double)r->correct / r->n : 0.0);
+    cJSON_AddNumberToObject(o, "correct", r->correct);
+    cJSON_AddNumberToObject(o, "n", r->n);
+    cJSON_AddNumberToObject(o, "skipped", r->skipped);
+    types = cJSON_AddObjectToObject(o, "types");
+    for (int i = 0; types && i < r->n_types; i++) {
+        cJSON *t = cJSON_AddObjectToObject(types, r->types[i].name);
+        if (!t) continue;
+        cJSON_AddNumberToObject(t, "accuracy", r->types[i].n ? (double)r->types[i].correct / r->types[i].n : 0.0);
+        cJSON_AddNumberToObject(t, "correct", r->types[i].correct);
+        cJSON_AddNumberToObject(t, "n", r->types[i].n);
+    }
+    return o;
+}
+
+/* Replaces run_dir/eval.jsonl with one line per element of lines (a rerun rewrites it, never appends twice). */
+static int write_eval_jsonl(const char *run_dir, const cJSON *lines) {
+    char path[PATH_MAX + 16], tmp[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/eval.jsonl", run_dir);
+    snprintf(tmp, sizeof tmp, "%s/.eval.jsonl.tmp", run_dir);
+    FILE *f = fopen(tmp, "w");
+    int ok = f != NULL;
+    const cJSON *l;
+    cJSON_ArrayForEach(l, lines) {
+        char *text = ok ? cJSON_PrintUnformatted(l) : NULL;
+        ok = text && fprintf(f, "%s\n", text) > 0;
+        free(text);
+    }
+    if (f) ok &= fclose(f) == 0;
+    if (ok && rename(tmp, path) == 0) return 0;
+    fprintf(stderr, "llava-run: eval: cannot write %s: %s\n", path, strerror(errno));
+    remove(tmp);
+    return -1;
+}
+
+/* Scores one checkpoint directory; prints "<label>: accuracy ..." and the per-type lines. Appends to lines. */
+static int score_checkpoint(const char *run_dir, const char *ckpt, const char *stage, const char *label, int final,
+                            const tokenizer_t *tok, const eval_opts_t *o, int quiet, cJSON *lines) {
+    char dir[PATH_MAX + 300];
+    snprintf(dir, sizeof dir, "%s/%s", run_dir, ckpt);
+    int64_t step = 0;
+    double epoch = 0;
+    if (read_trainer_state(dir, &step, &epoch) != 0) {
+        fprintf(stderr, "llava-run: eval: %s has no readable trainer_state.json\n", dir);
+        return -1;
+    }
+    if (!quiet) printf("== eval of %s on %s\n", dir, o->questions);
+    llava_model_t *m = NULL;
+    eval_result_t r;
+    int rc = llava_model_load(dir, &m);
+    if (!rc) rc = llava_eval_mc(m, tok, o, &r);
+    llava_model_free(&m);
+    if (rc) {
+        fprintf(stderr, "llava-run: eval of %s failed: %s\n", dir, err_str(rc));
+        return -1;
+    }
+    printf("%s: ", label);
+    eval_result_print(&r, stdout);
+    fflush(stdout);
+    cJSON *l = eval_line(stage, ckpt, epoch, step, final, &r);
+    if (!l) return -1;
+    cJSON_AddItemToArray(lines, l);
+    return 0;
+}
+
+/* Scores every stage that has an eval section: with eval.every_epoch, each epoch-<N> checkpoint the coordinator
+ * wrote at the end of an epoch, in order, then the stage's final checkpoint; the scores also go to
+ * <checkpoint.dir>/eval.jsonl. */
 static int run_evals(const cJSON *stages, int threads, int quiet) {
     const cJSON *st;
     int code = 0;
@@ -98,7 +194,11 @@ static int run_evals(const cJSON *stages, int threads, int quiet) {
         const char *questions = jstr(st, "eval", "data");
         if (!questions) continue;
         const char *run_dir = jstr(st, "checkpoint", "dir"), *train = jstr(st, "data", "train");
-        char latest[PATH_MAX + 16], name[256] = "", model_dir[PATH_MAX + 300], tokp[PATH_MAX + 1200];
+        const char *nm = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(st, "name"));
+        int every_epoch = !cJSON_IsFalse(
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(st, "eval"), "every_epoch"));
+        char latest[PATH_MAX + 16], name[256] = "", tokp[PATH_MAX + 1200], label[400];
+        if (!nm) nm = "eval";
         snprintf(latest, sizeof latest, "%s/latest", run_dir ? run_dir : ".");
         FILE *f = fopen(latest, "r");
         if (!f || !fgets(name, sizeof name, f)) {
@@ -109,7 +209,6 @@ static int run_evals(const cJSON *stages, int threads, int quiet) {
         }
         fclose(f);
         name[strcspn(name, "\r\n")] = 0;
-        snprintf(model_dir, sizeof model_dir, "%s/%s", run_dir, name);
         if (!train || find_tokenizer(train, tokp, sizeof tokp) != 0) {
             fprintf(stderr, "llava-run: eval: dataset %s names no readable tokenizer\n", train ? train : "?");
             code = 1;
@@ -120,23 +219,33 @@ static int run_evals(const cJSON *stages, int threads, int quiet) {
         const char *aspect = jstr(st, "model", "image_aspect_ratio");
         eval_opts_t o = {.questions = questions, .answers = jstr(st, "eval", "answers"), .tpl = tpl,
                          .pad = aspect && strcmp(aspect, "pad") == 0};
-        llava_model_t *m = NULL;
         tokenizer_t *tok = NULL;
-        eval_result_t r;
+        cJSON *lines = cJSON_CreateArray();
         kernels_set_threads(threads);
-        if (!quiet) printf("== eval of %s on %s\n", model_dir, questions);
-        int rc = llava_model_load(model_dir, &m);
-        if (!rc) rc = tokenizer_load(tokp, &tok);
-        if (!rc) rc = llava_eval_mc(m, tok, &o, &r);
-        if (rc) {
-            fprintf(stderr, "llava-run: eval of %s failed: %s\n", model_dir, err_str(rc));
-            code = 1;
-        } else {
-            const char *nm = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(st, "name"));
-            printf("%s: ", nm ? nm : "eval");
-            eval_result_print(&r, stdout);
+        int rc = lines ? tokenizer_load(tokp, &tok) : LLAVA_ENOMEM;
+        if (rc) fprintf(stderr, "llava-run: eval: cannot load the tokenizer %s: %s\n", tokp, err_str(rc));
+        /* the final checkpoint's epoch (e.g. 3, or 2.5 with train.max_steps) says which epoch-<N> to expect */
+        char final_dir[PATH_MAX + 300];
+        int64_t final_step = 0;
+        double final_epoch = 0;
+        snprintf(final_dir, sizeof final_dir, "%s/%s", run_dir, name);
+        if (!rc && every_epoch && read_trainer_state(final_dir, &final_step, &final_epoch) == 0) {
+            for (int e = 1; e < (int)ceil(final_epoch) && !g_stop; e++) {
+                char ck[64], dir[PATH_MAX + 100];
+                snprintf(ck, sizeof ck, "epoch-%d", e);
+                snprintf(dir, sizeof dir, "%s/%s", run_dir, ck);
+                if (access(dir, F_OK) != 0) { /* its write was lost to a failure; the training is unaffected */
+                    fprintf(stderr, "llava-run: eval: no %s (the checkpoint of epoch %d was not written)\n", dir, e);
+                    continue;
+                }
+                snprintf(label, sizeof label, "%s epoch %d", nm, e);
+                if (score_checkpoint(run_dir, ck, nm, label, 0, tok, &o, quiet, lines)) code = 1;
+            }
         }
-        llava_model_free(&m);
+        snprintf(label, sizeof label, "%s", nm);
+        if (rc || g_stop || score_checkpoint(run_dir, name, nm, label, 1, tok, &o, quiet, lines)) code = 1;
+        if (lines && cJSON_GetArraySize(lines) > 0 && write_eval_jsonl(run_dir, lines)) code = 1;
+        cJSON_Delete(lines);
         tokenizer_free(&tok);
     }
     return code;
