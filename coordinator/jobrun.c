@@ -413,21 +413,30 @@ static void commit_step(coord_t *c) {
         jobrun_finish(c, JOB_FAILED, why);
         return;
     }
+    int64_t next = j->step + 1;
+    int final = next >= j->total_steps, ckpt = final || (j->ckpt_every > 0 && next % j->ckpt_every == 0);
+    int epoch_ckpt = !final && j->ckpt_every_epoch && next % j->steps_per_epoch == 0;
+    /* a checkpoint or a handover follows this APPLY: workers with a sharded optimizer state gather it first */
+    int gather = ckpt || epoch_ckpt || j->joiner_loaded;
     for (int r = 0; r < j->nmembers; r++) {
         worker_t *w = member(c, r);
         w->step_ms = (now - j->t_step_start) * 1000.0;
-        send_simple(c, w, MSG_APPLY, NULL);
+        cJSON *ab = NULL;
+        if (gather) {
+            ab = cJSON_CreateObject();
+            cJSON_AddNumberToObject(ab, "gather_state", 1);
+        }
+        send_simple(c, w, MSG_APPLY, ab);
     }
     j->step++;
-    int final = j->step >= j->total_steps;
-    if (!final && j->ckpt_every_epoch && j->step % j->steps_per_epoch == 0) {
+    if (epoch_ckpt) {
         /* for the evaluation's learning curve; sent first so that `latest` names checkpoint-<step> if both fall
          * here (two writes of the same weights: the simple way to keep both names complete) */
         char name[64];
         snprintf(name, sizeof name, "epoch-%lld", (long long)(j->step / j->steps_per_epoch));
         send_checkpoint(c, 0, name);
     }
-    if (final || (j->ckpt_every > 0 && j->step % j->ckpt_every == 0)) send_checkpoint(c, final, NULL);
+    if (ckpt) send_checkpoint(c, final, NULL);
     if (final) j->phase = P_FINAL_CKPT;
     else {
         if (j->joiner_loaded) admit_joiner(c);

@@ -55,9 +55,15 @@ typedef struct {
      *  error (LLAVA_ETIMEOUT, LLAVA_EABORTED when abort_fn said so, LLAVA_ECUDA). */
     int (*dev_comm_open)(backend_t *b, const char *id, int rank, int world, uint64_t generation, int timeout_ms,
                          int (*abort_fn)(void *), void *ud);
-    /** Sums the accumulated gradients over the communicator's ranks in place on the device; *sumsq gets the
-     *  squared norm of the sum (unscaled). Returns as dev_comm_open; after a failure the communicator is closed. */
+    /** Sums the accumulated gradients over the communicator's ranks in place on the device (under ZeRO-1: a
+     *  reduce-scatter, each rank keeping the sum of its shard); *sumsq gets the squared norm of the sum (unscaled).
+     *  Returns as dev_comm_open; after a failure the communicator is closed. */
     int (*dev_allreduce)(backend_t *b, int timeout_ms, int (*abort_fn)(void *), void *ud, double *sumsq);
+    /** After apply, when the coordinator's APPLY says a checkpoint or a handover follows: a backend whose
+     *  optimizer state is sharded over the ranks (ZeRO-1) gathers the whole state into every rank's host model, so
+     *  checkpoint and state_export see all of it. Every rank of the communicator calls it. Returns 0 at once when
+     *  nothing is sharded; errors as dev_comm_open. */
+    int (*dev_gather_state)(backend_t *b, int timeout_ms, int (*abort_fn)(void *), void *ud);
     /** Closes the communicator (a new generation, an abort). NULL-safe inside. */
     void (*dev_comm_close)(backend_t *b);
     void (*destroy)(backend_t *b);

@@ -19,6 +19,7 @@
 #include "worker/model_llava.h"
 #ifdef LLAVA_HAVE_CUDA
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/memplan.h"
 #include "kernels/cuda/nccl_comm.h"
 #include "worker/model_cuda.h"
 #endif
@@ -35,6 +36,8 @@ typedef struct {
     llava_cuda_t *cuda;
     nccl_comm_t *nccl;       /* this generation's communicator (the coordinator relayed rank 0's id), or NULL */
     int dev_reduced;         /* the device gradients hold this step's all-reduced sum: apply ignores `g` */
+    int zero1;               /* train.zero_stage 1: the optimizer state is sharded over the generation's ranks */
+    int hang_ms;             /* the job's hang timeout (the collectives of apply wait twice that) */
 #endif
 } model_backend_t;
 
@@ -45,6 +48,7 @@ static const char *jstr(const cJSON *o, const char *a, const char *b) {
     const cJSON *v = jget(o, a, b);
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
+static int jtrue(const cJSON *o, const char *a, const char *b) { return cJSON_IsTrue(jget(o, a, b)); }
 static double jnum(const cJSON *o, const char *a, const char *b, double d) {
     const cJSON *v = jget(o, a, b);
     return cJSON_IsNumber(v) ? v->valuedouble : d;
@@ -95,6 +99,42 @@ static int load_weights(model_backend_t *mb, const cJSON *job, const cJSON *spec
     return rc;
 }
 
+#ifdef LLAVA_HAVE_CUDA
+/* The memory planner's verdict for this job on this GPU; on "does not fit" err names what to change in the spec.
+ * Images per micro-batch are bounded by the tokens (each image is feat_rows tokens). LLAVA_MEMPLAN_IGNORE=1 in the
+ * worker's environment skips the refusal (the plan is an estimate). */
+static int plan_fits(model_backend_t *mb, const cJSON *spec, int recompute, int zero1, int fp32, char *err,
+                     size_t errlen) {
+    memplan_opts_t o;
+    memplan_t p;
+    double dev = 0;
+    memplan_opts_default(&o);
+    o.trainable = mb->mode == TRAIN_ALL ? MEMPLAN_TRAIN_ALL : MEMPLAN_TRAIN_PROJECTOR;
+    o.precision = fp32 ? MEMPLAN_FP32 : MEMPLAN_BF16;
+    o.micro_batch_tokens = (long)jnum(spec, "train", "micro_batch_tokens", 16384);
+    o.images_per_micro_batch = (int)(o.micro_batch_tokens / (mb->model->feat_rows + 1));
+    if (o.images_per_micro_batch < 1) o.images_per_micro_batch = 1;
+    o.recompute = recompute;
+    o.zero_world = zero1 ? (int)jnum(spec, "cluster", "workers", 1) : 1;
+    if (o.zero_world < 1) o.zero_world = 1;
+    if (cuda_device_memory(mb->gpu, &dev) == 0) o.device_bytes = dev;
+    if (memplan_compute(&mb->model->cfg, &o, &p) != 0 || p.fits) return 0;
+    memplan_print(&p, stderr);
+    const char *ign = getenv("LLAVA_MEMPLAN_IGNORE");
+    if (ign && strcmp(ign, "1") == 0) {
+        LOG_W("the memory planner says the job does not fit cuda:%d (%.1f GiB of %.1f); going on (LLAVA_MEMPLAN_IGNORE)",
+              mb->gpu, p.total / (1 << 30), p.usable / (1 << 30));
+        return 0;
+    }
+    char advice[512];
+    memplan_advice_spec(&p, advice, sizeof advice);
+    snprintf(err, errlen, "the job does not fit cuda:%d: the memory planner counts %.1f GiB per GPU, %.1f usable; %s "
+             "(`llava-model memplan --help`; LLAVA_MEMPLAN_IGNORE=1 in the worker's environment to try anyway)",
+             mb->gpu, p.total / (1 << 30), p.usable / (1 << 30), advice);
+    return LLAVA_ENOMEM;
+}
+#endif
+
 static void model_release(backend_t *b) {
     model_backend_t *mb = b->impl;
 #ifdef LLAVA_HAVE_CUDA
@@ -143,8 +183,12 @@ static int model_job_load(backend_t *b, const cJSON *job, char *err, size_t errl
         const char *prec = jstr(spec, "train", "precision");
         const char *rc_env = getenv("LLAVA_CUDA_RECOMPUTE");
         llava_cuda_opts_t o = {.device = mb->gpu, .dt = prec && strcmp(prec, "fp32") == 0 ? CUDA_DT_F32 : CUDA_DT_BF16,
-                               .recompute = rc_env && strcmp(rc_env, "1") == 0};
+                               .recompute = jtrue(spec, "train", "recompute") || (rc_env && strcmp(rc_env, "1") == 0),
+                               .zero1 = (int)jnum(spec, "train", "zero_stage", 0) == 1};
         int adam_t = mb->model->adam_t;
+        mb->zero1 = o.zero1;
+        rc = plan_fits(mb, spec, o.recompute, o.zero1, o.dt == CUDA_DT_F32, err, errlen);
+        if (rc) return rc;
         rc = llava_cuda_new(mb->model, &o, &mb->cuda);
         if (!rc) rc = llava_cuda_grads_prepare(mb->cuda, mb->mode);
         if (!rc && cJSON_IsString(resume)) {
@@ -155,8 +199,9 @@ static int model_job_load(backend_t *b, const cJSON *job, char *err, size_t errl
             snprintf(err, errlen, "cannot put the model on cuda:%d: %s (see the worker log)", mb->gpu, err_str(rc));
             return rc;
         }
-        LOG_I("model on cuda:%d (%s%s), %.2f GiB of device memory", mb->gpu, o.dt == CUDA_DT_F32 ? "fp32" : "bf16",
-              o.recompute ? ", recomputation" : "", (double)llava_cuda_bytes(mb->cuda) / (1 << 30));
+        LOG_I("model on cuda:%d (%s%s%s), %.2f GiB of device memory before the optimizer shard", mb->gpu,
+              o.dt == CUDA_DT_F32 ? "fp32" : "bf16", o.recompute ? ", recomputation" : "",
+              o.zero1 ? ", ZeRO-1" : "", (double)llava_cuda_bytes(mb->cuda) / (1 << 30));
     }
 #endif
     const char *train = jstr(spec, "data", "train");
@@ -228,11 +273,24 @@ static int model_apply(backend_t *b, float *g, double scale, double lr, int64_t 
     float *acc = llava_grads_data(mb->model, &n);
     mb->adam.lr = lr;
 #ifdef LLAVA_HAVE_CUDA
+    if (mb->cuda && llava_cuda_zero1_layout(mb->cuda)->world > 0 && mb->dev_reduced && mb->nccl) {
+        mb->dev_reduced = 0;
+        int rc = llava_cuda_zero1_apply(mb->cuda, mb->nccl, &mb->adam, scale, grad_norm, 2 * mb->hang_ms, NULL, NULL);
+        if (rc) {
+            snprintf(err, errlen, "ZeRO-1 optimizer step on cuda:%d failed: %s", mb->gpu, err_str(rc));
+            nccl_comm_close(&mb->nccl, 1000);
+        }
+        return rc;
+    }
     if (mb->cuda) {
         int rc = mb->dev_reduced ? 0 : llava_cuda_grads_upload(mb->cuda, g, n);
         mb->dev_reduced = 0;
         if (!rc) rc = llava_cuda_adamw_step(mb->cuda, &mb->adam, scale, grad_norm);
-        if (rc) snprintf(err, errlen, "optimizer step on cuda:%d failed: %s", mb->gpu, err_str(rc));
+        if (rc && mb->zero1)
+            snprintf(err, errlen, "train.zero_stage 1 needs NCCL between the GPU workers, but this step was "
+                     "all-reduced on the ZeroMQ ring (is a member on the CPU?)");
+        else if (rc)
+            snprintf(err, errlen, "optimizer step on cuda:%d failed: %s", mb->gpu, err_str(rc));
         return rc;
     }
 #endif
@@ -333,9 +391,28 @@ static int model_dev_comm_open(backend_t *b, const char *id, int rank, int world
         uid[i] = (unsigned char)v;
     }
     RC_CHECK_GOTO(nccl_comm_open(&mb->nccl, uid, world, rank, mb->gpu, generation, timeout_ms, abort_fn, ud));
+    mb->hang_ms = timeout_ms / 2;
     LOG_I("NCCL communicator of generation %llu: rank %d of %d on cuda:%d", (unsigned long long)generation, rank,
           world, mb->gpu);
+    if (mb->zero1) {
+        RC_CHECK_GOTO(llava_cuda_zero1_shard(mb->cuda, world, rank));
+        const zero1_layout_t *z = llava_cuda_zero1_layout(mb->cuda);
+        LOG_I("ZeRO-1: optimizer state for elements [%ld, %ld) of %ld, %.2f GiB of device memory", z->offset,
+              z->offset + z->local, z->n, (double)llava_cuda_bytes(mb->cuda) / (1 << 30));
+    }
 cleanup:
+    if (rc) model_dev_comm_close(b);
+    return rc;
+}
+
+static int model_dev_gather_state(backend_t *b, int timeout_ms, int (*abort_fn)(void *), void *ud) {
+    int rc = 0;
+    model_backend_t *mb = b->impl;
+    if (!mb->cuda || !mb->zero1) return 0;
+    CHECK_GOTO(mb->nccl, LLAVA_EINVAL, "gathering the ZeRO-1 state without a communicator");
+    RC_CHECK_GOTO(llava_cuda_zero1_gather(mb->cuda, mb->nccl, timeout_ms, abort_fn, ud));
+cleanup:
+    if (rc) model_dev_comm_close(b);
     return rc;
 }
 
@@ -346,9 +423,13 @@ static int model_dev_allreduce(backend_t *b, int timeout_ms, int (*abort_fn)(voi
     size_t n = 0;
     cuda_dtype_t dt;
     CHECK_GOTO(mb->cuda && mb->nccl, LLAVA_EINVAL, "device all-reduce without a communicator");
-    RC_CHECK_GOTO(llava_cuda_grads_device(mb->cuda, &d, &n, &dt));
-    RC_CHECK_GOTO(nccl_allreduce(mb->nccl, d, d, n, dt, llava_cuda_stream(mb->cuda), timeout_ms, abort_fn, ud));
-    RC_CHECK_GOTO(llava_cuda_grads_norm_sq(mb->cuda, sumsq));
+    if (mb->zero1) {
+        RC_CHECK_GOTO(llava_cuda_zero1_reduce(mb->cuda, mb->nccl, timeout_ms, abort_fn, ud, sumsq));
+    } else {
+        RC_CHECK_GOTO(llava_cuda_grads_device(mb->cuda, &d, &n, &dt));
+        RC_CHECK_GOTO(nccl_allreduce(mb->nccl, d, d, n, dt, llava_cuda_stream(mb->cuda), timeout_ms, abort_fn, ud));
+        RC_CHECK_GOTO(llava_cuda_grads_norm_sq(mb->cuda, sumsq));
+    }
     mb->dev_reduced = 1;
 cleanup:
     if (rc) model_dev_comm_close(b); /* aborted or failed: unusable; the next generation opens a new one */
@@ -369,7 +450,7 @@ static const backend_ops_t k_model_ops = {
     .destroy = model_destroy,
 #ifdef LLAVA_HAVE_CUDA
     .dev_comm_id = model_dev_comm_id, .dev_comm_open = model_dev_comm_open, .dev_allreduce = model_dev_allreduce,
-    .dev_comm_close = model_dev_comm_close,
+    .dev_comm_close = model_dev_comm_close, .dev_gather_state = model_dev_gather_state,
 #endif
 };
 

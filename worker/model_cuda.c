@@ -13,6 +13,10 @@
 
 #define MAX_ACTS 96
 #define STAGE_FLOATS ((size_t)1 << 22) /* 16 MiB of fp32 staging for bf16 uploads and downloads */
+/* Elements after the weight and gradient arenas, so that a ZeRO-1 layout padded to shard * world (at most world - 1
+ * past the trainable front) stays inside both: the padding all-gathered into the weights is the last rank's copy of
+ * the frozen weights that follow the trainable front (the same on every rank), or this slack. */
+#define ZERO1_SLACK 4096
 
 typedef struct { /* what one LLaMA layer saves for its backward (one set per layer, or one shared under recompute) */
     void *ln1, *q, *k, *v, *att, *mid, *ln2, *gate, *up, *sw;
@@ -28,9 +32,14 @@ struct llava_cuda {
     cuda_ctx_t *ctx;
     size_t n_params, n_train;        /* floats of the parameter arena and of the trainable front (gradient arena) */
     void *params;                    /* [n_params] dt */
-    float *master;                   /* [n_train] fp32 (bf16 mode), == params in fp32 mode */
-    void *grads;                     /* [n_train] dt */
-    float *adam_m, *adam_v;          /* [n_train] fp32 */
+    float *master;                   /* [n_train] fp32 (bf16 mode), == params in fp32 mode; ZeRO-1: [z.shard] */
+    int own_master;                  /* master is its own allocation (not the fp32 weights) */
+    void *grads;                     /* [n_train + ZERO1_SLACK] dt (the slack stays zero) */
+    float *adam_m, *adam_v;          /* [n_train] fp32; ZeRO-1: [z.shard] */
+    zero1_layout_t z;                /* ZeRO-1 layout (z.world == 0: not sharded yet) */
+    double z_sumsq;                  /* the last llava_cuda_zero1_reduce's squared norm */
+    int host_full;                   /* m's trainable weights and moments are the current whole state */
+    nccl_bucketer_t *bk;             /* llava_cuda_set_bucketer: the backward marks each gradient tensor ready */
     train_mode_t mode;
     int have_grads;
     float *stage;                    /* [STAGE_FLOATS] fp32 staging (bf16 mode) */
@@ -72,6 +81,14 @@ static void *dp(const llava_cuda_t *g, const float *host) {
 static void *dg(const llava_cuda_t *g, const float *host) {
     if (!host) return NULL;
     return at(g, g->grads, (size_t)(host - (const float *)arena_data(g->m->grads)));
+}
+
+/* Tells the bucketer (if any) that the gradient of the host tensor `host` (elems floats) is final in this backward:
+ * every kernel writing it is enqueued on g->s. Each trainable tensor is marked exactly once per backward; the
+ * bucketer refuses a second mark (LLAVA_EINVAL). */
+static int ready(llava_cuda_t *g, const float *host, size_t elems) {
+    if (!g->bk || !host) return 0;
+    return nccl_bucketer_mark_ready(g->bk, (size_t)(host - (const float *)arena_data(g->m->grads)), elems);
 }
 
 /* dev[n] (dt) = host[n] (fp32). */
@@ -143,13 +160,19 @@ static void acts_free(llava_cuda_t *g) {
     g->h_ints = NULL;
 }
 
-static void grads_free(llava_cuda_t *g) {
-    cudaFree(g->grads);
+static void state_free(llava_cuda_t *g) {
     cudaFree(g->adam_m);
     cudaFree(g->adam_v);
-    if (g->master != g->params) cudaFree(g->master);
-    g->grads = NULL;
+    if (g->own_master) cudaFree(g->master);
     g->adam_m = g->adam_v = g->master = NULL;
+    g->own_master = 0;
+    memset(&g->z, 0, sizeof g->z);
+}
+
+static void grads_free(llava_cuda_t *g) {
+    cudaFree(g->grads);
+    state_free(g);
+    g->grads = NULL;
     g->have_grads = 0;
     g->n_train = 0;
 }
@@ -196,7 +219,8 @@ int llava_cuda_new(llava_model_t *m, const llava_cuda_opts_t *o, llava_cuda_t **
     CUDA_CHECK_GOTO(cudaStreamCreateWithFlags(&g->s, cudaStreamNonBlocking));
     RC_CHECK_GOTO(cuda_ctx_new(&g->ctx, 0));
     g->n_params = arena_bytes(m->params) / sizeof(float);
-    CUDA_CHECK_GOTO(cudaMalloc(&g->params, g->n_params * g->dts));
+    CUDA_CHECK_GOTO(cudaMalloc(&g->params, (g->n_params + ZERO1_SLACK) * g->dts));
+    CUDA_CHECK_GOTO(cudaMemsetAsync(at(g, g->params, g->n_params), 0, ZERO1_SLACK * g->dts, g->s));
     if (g->dt != CUDA_DT_F32) CUDA_CHECK_GOTO(cudaMalloc((void **)&g->stage, STAGE_FLOATS * sizeof(float)));
     CUDA_CHECK_GOTO(cudaMalloc((void **)&g->d_f64, 2 * sizeof(double)));
     CUDA_CHECK_GOTO(cudaMalloc((void **)&g->d_i64, sizeof(int64_t)));
@@ -217,21 +241,25 @@ int llava_cuda_grads_prepare(llava_cuda_t *g, train_mode_t mode) {
     size_t n = 0;
     llava_grads_data(g->m, &n);
     g->n_train = n;
-    CUDA_CHECK_GOTO(cudaMalloc(&g->grads, n * g->dts));
-    CUDA_CHECK_GOTO(cudaMalloc((void **)&g->adam_m, n * sizeof(float)));
-    CUDA_CHECK_GOTO(cudaMalloc((void **)&g->adam_v, n * sizeof(float)));
-    CUDA_CHECK_GOTO(cudaMemsetAsync(g->grads, 0, n * g->dts, g->s));
-    CUDA_CHECK_GOTO(cudaMemsetAsync(g->adam_m, 0, n * sizeof(float), g->s));
-    CUDA_CHECK_GOTO(cudaMemsetAsync(g->adam_v, 0, n * sizeof(float), g->s));
-    if (g->dt == CUDA_DT_F32) {
-        g->master = g->params;
-    } else { /* fp32 master weights from the host's fp32 values, not from the rounded bf16 copy */
-        CUDA_CHECK_GOTO(cudaMalloc((void **)&g->master, n * sizeof(float)));
-        CUDA_CHECK_GOTO(cudaMemcpyAsync(g->master, arena_data(g->m->params), n * sizeof(float),
-                                        cudaMemcpyHostToDevice, g->s));
+    CUDA_CHECK_GOTO(cudaMalloc(&g->grads, (n + ZERO1_SLACK) * g->dts));
+    CUDA_CHECK_GOTO(cudaMemsetAsync(g->grads, 0, (n + ZERO1_SLACK) * g->dts, g->s));
+    if (!g->o.zero1) { /* ZeRO-1: the shard is allocated when the layout is known (llava_cuda_zero1_shard) */
+        CUDA_CHECK_GOTO(cudaMalloc((void **)&g->adam_m, n * sizeof(float)));
+        CUDA_CHECK_GOTO(cudaMalloc((void **)&g->adam_v, n * sizeof(float)));
+        CUDA_CHECK_GOTO(cudaMemsetAsync(g->adam_m, 0, n * sizeof(float), g->s));
+        CUDA_CHECK_GOTO(cudaMemsetAsync(g->adam_v, 0, n * sizeof(float), g->s));
+        if (g->dt == CUDA_DT_F32) {
+            g->master = g->params;
+        } else { /* fp32 master weights from the host's fp32 values, not from the rounded bf16 copy */
+            CUDA_CHECK_GOTO(cudaMalloc((void **)&g->master, n * sizeof(float)));
+            g->own_master = 1;
+            CUDA_CHECK_GOTO(cudaMemcpyAsync(g->master, arena_data(g->m->params), n * sizeof(float),
+                                            cudaMemcpyHostToDevice, g->s));
+        }
     }
     CUDA_CHECK_GOTO(cudaStreamSynchronize(g->s));
     g->m->adam_t = 0;
+    g->host_full = 1; /* a fresh optimizer: the host's weights and (absent) zero moments are the state */
     g->mode = mode;
     g->have_grads = 1;
 cleanup:
@@ -240,7 +268,7 @@ cleanup:
 }
 
 int llava_cuda_grads_zero(llava_cuda_t *g) {
-    return g->have_grads ? zero(g, g->grads, g->n_train) : 0;
+    return g->have_grads ? zero(g, g->grads, g->n_train + ZERO1_SLACK) : 0;
 }
 
 static int dalloc(llava_cuda_t *g, void **p, size_t bytes) {
@@ -399,17 +427,24 @@ cleanup:
 static int proj_bwd(llava_cuda_t *g, int M) {
     int rc = 0;
     const projector_t *p = &g->m->proj, *gp = &g->m->gproj;
-    if (p->type == PROJ_LINEAR)
-        return cuda_matmul_backward(g->ctx, NULL, dg(g, gp->w1), dg(g, gp->b1), g->dpout, g->feats, dp(g, p->w1), M,
-                                    p->Cv, p->H, g->dt, g->s);
     size_t MH = (size_t)M * p->H;
+    if (p->type == PROJ_LINEAR) {
+        RC_CHECK_GOTO(cuda_matmul_backward(g->ctx, NULL, dg(g, gp->w1), dg(g, gp->b1), g->dpout, g->feats,
+                                           dp(g, p->w1), M, p->Cv, p->H, g->dt, g->s));
+        goto mark1;
+    }
     RC_CHECK_GOTO(zero(g, g->dact, MH));
     RC_CHECK_GOTO(zero(g, g->dpre, MH));
     RC_CHECK_GOTO(cuda_matmul_backward(g->ctx, g->dact, dg(g, gp->w2), dg(g, gp->b2), g->dpout, g->pact, dp(g, p->w2),
                                        M, p->H, p->H, g->dt, g->s));
+    RC_CHECK_GOTO(ready(g, gp->w2, (size_t)p->H * p->H));
+    RC_CHECK_GOTO(ready(g, gp->b2, (size_t)p->H));
     RC_CHECK_GOTO(cuda_gelu_backward(g->dpre, g->ppre, g->dact, (long)MH, g->dt, g->s));
     RC_CHECK_GOTO(cuda_matmul_backward(g->ctx, NULL, dg(g, gp->w1), dg(g, gp->b1), g->dpre, g->feats, dp(g, p->w1), M,
                                        p->Cv, p->H, g->dt, g->s));
+mark1:
+    RC_CHECK_GOTO(ready(g, gp->w1, (size_t)p->H * p->Cv));
+    RC_CHECK_GOTO(ready(g, gp->b1, (size_t)p->H));
 cleanup:
     return rc;
 }
@@ -490,10 +525,12 @@ static int llama_bwd(llava_cuda_t *g, int train_llm) {
     RC_CHECK_GOTO(zero(g, g->d2, (size_t)g->R * C));
     RC_CHECK_GOTO(cuda_matmul_backward(g->ctx, g->d2, GW(lm_head), NULL, g->logits, g->lnsel, dp(g, m->lm_head), g->R,
                                        C, V, dt, s));
+    if (gl && gl->lm_head != gl->embed) RC_CHECK_GOTO(ready(g, gl->lm_head, (size_t)V * C)); /* tied: at the end */
     RC_CHECK_GOTO(cuda_embedding_backward(g->ctx, dln, g->d2, g->rows, g->R, C, dt, s)); /* scatter to the rows */
     RC_CHECK_GOTO(zero(g, dres, NC));
     RC_CHECK_GOTO(cuda_rmsnorm_backward(dres, GW(norm_w), dln, at(g, g->resid, (size_t)L * NC), dp(g, m->norm_w),
                                         g->rstdf, N, C, dt, s));
+    if (gl) RC_CHECK_GOTO(ready(g, gl->norm_w, (size_t)C));
     for (int l = L - 1; l >= 0; l--) {
         const llama_layer_t *W = &m->layers[l];
         layer_acts_t *a = lacts(g, l);
@@ -531,6 +568,19 @@ static int llama_bwd(llava_cuda_t *g, int train_llm) {
         RC_CHECK_GOTO(cuda_matmul_backward(g->ctx, dln, GLW(v_w), NULL, g->dv, a->ln1, dp(g, W->v_w), N, C, KD, dt,
                                            s));
         RC_CHECK_GOTO(cuda_rmsnorm_backward(dres, GLW(ln1_w), dln, x, dp(g, W->ln1_w), a->rstd1, N, C, dt, s));
+        if (gl) { /* layer l's weight gradients are final: buckets holding only them and later layers go now */
+            const llama_layer_t *G = &gl->layers[l];
+            size_t CI = (size_t)C * I;
+            RC_CHECK_GOTO(ready(g, G->down_w, CI));
+            RC_CHECK_GOTO(ready(g, G->gate_w, CI));
+            RC_CHECK_GOTO(ready(g, G->up_w, CI));
+            RC_CHECK_GOTO(ready(g, G->ln2_w, (size_t)C));
+            RC_CHECK_GOTO(ready(g, G->o_w, (size_t)C * QD));
+            RC_CHECK_GOTO(ready(g, G->q_w, (size_t)C * QD));
+            RC_CHECK_GOTO(ready(g, G->k_w, (size_t)C * KD));
+            RC_CHECK_GOTO(ready(g, G->v_w, (size_t)C * KD));
+            RC_CHECK_GOTO(ready(g, G->ln1_w, (size_t)C));
+        }
     }
 #undef GW
 #undef GLW
@@ -641,8 +691,10 @@ int llava_cuda_forward_backward(llava_cuda_t *g, const batch_t *b, train_mode_t 
     }
     if ((mode == TRAIN_PROJECTOR && M == 0) || R == 0) goto done;
     RC_CHECK_GOTO(llama_bwd(g, mode == TRAIN_ALL));
-    if (mode == TRAIN_ALL)
+    if (mode == TRAIN_ALL) {
         RC_CHECK_GOTO(cuda_embedding_backward(g->ctx, dg(g, g->m->gllm.embed), g->dx, g->ids_bwd, N, H, g->dt, s));
+        RC_CHECK_GOTO(ready(g, g->m->gllm.embed, (size_t)V * H));
+    }
     if (M > 0) {
         RC_CHECK_GOTO(cuda_image_scatter_backward(g->ctx, g->dpout, g->dx, g->input_ids,
                                                   (int32_t)g->m->cfg.image_token_index, N, H, M, g->dt, s));
@@ -681,6 +733,7 @@ int llava_cuda_adamw_step(llava_cuda_t *g, const adamw_opts_t *o, double scale, 
     int rc = 0;
     double nsq = 0;
     CHECK_GOTO(g->have_grads, LLAVA_EINVAL, "llava_cuda_adamw_step: no gradients (run a backward first)");
+    CHECK_GOTO(!g->o.zero1, LLAVA_EINVAL, "llava_cuda_adamw_step: a ZeRO-1 model steps with llava_cuda_zero1_apply");
     RC_CHECK_GOTO(cuda_global_norm_sq(g->ctx, g->d_f64 + 1, g->grads, (long)g->n_train, 0, g->dt, g->s));
     CUDA_CHECK_GOTO(cudaMemcpyAsync(&nsq, g->d_f64 + 1, sizeof nsq, cudaMemcpyDeviceToHost, g->s));
     CUDA_CHECK_GOTO(cudaStreamSynchronize(g->s));
@@ -693,6 +746,7 @@ int llava_cuda_adamw_step(llava_cuda_t *g, const adamw_opts_t *o, double scale, 
                                     o->weight_decay, g->m->adam_t, (float)(scale * coef), g->s));
     RC_CHECK_GOTO(llava_cuda_grads_zero(g));
     CUDA_CHECK_GOTO(cudaStreamSynchronize(g->s));
+    g->host_full = 0;
 cleanup:
     return rc;
 }
@@ -701,6 +755,11 @@ int llava_cuda_state_download(llava_cuda_t *g) {
     int rc = 0;
     llava_model_t *m = g->m;
     CHECK_GOTO(g->have_grads, LLAVA_EINVAL, "state_download: no training state yet");
+    if (g->o.zero1) {
+        CHECK_GOTO(g->host_full, LLAVA_ENOTFOUND, "state_download: under ZeRO-1 this rank holds only shard %d of %d "
+                   "of the optimizer state; gather it first (llava_cuda_zero1_gather)", g->z.rank, g->z.world);
+        return llava_optim_prepare(m); /* the host already holds it (zero moments when it never had any) */
+    }
     RC_CHECK_GOTO(llava_optim_prepare(m)); /* host moments only when they are asked for (checkpoint, handover) */
     RC_CHECK_GOTO(to_host(g, arena_data(m->params), g->master, CUDA_DT_F32, g->n_train));
     RC_CHECK_GOTO(to_host(g, arena_data(m->adam_m), g->adam_m, CUDA_DT_F32, g->n_train));
@@ -714,6 +773,18 @@ int llava_cuda_state_upload(llava_cuda_t *g) {
     llava_model_t *m = g->m;
     CHECK_GOTO(g->have_grads && m->adam_m && m->adam_v, LLAVA_EINVAL, "state_upload: prepare the gradients first");
     size_t n = g->n_train;
+    if (g->o.zero1) {
+        RC_CHECK_GOTO(to_dev(g, g->params, arena_data(m->params), n));
+        g->host_full = 1;
+        if (g->z.world > 0) { /* re-slice the current layout from the imported state */
+            zero1_layout_t z = g->z;
+            state_free(g);
+            RC_CHECK_GOTO(llava_cuda_zero1_shard(g, z.world, z.rank));
+        }
+        RC_CHECK_GOTO(llava_cuda_grads_zero(g));
+        CUDA_CHECK_GOTO(cudaStreamSynchronize(g->s));
+        return 0;
+    }
     CUDA_CHECK_GOTO(cudaMemcpyAsync(g->adam_m, arena_data(m->adam_m), n * 4, cudaMemcpyHostToDevice, g->s));
     CUDA_CHECK_GOTO(cudaMemcpyAsync(g->adam_v, arena_data(m->adam_v), n * 4, cudaMemcpyHostToDevice, g->s));
     if (g->master != g->params)
@@ -745,9 +816,167 @@ cleanup:
     return rc;
 }
 
+int llava_cuda_weights_download(llava_cuda_t *g, float *host, size_t n) {
+    int rc = 0;
+    CHECK_GOTO(n <= g->n_params, LLAVA_EINVAL, "weights_download: %zu floats, the model has %zu", n, g->n_params);
+    RC_CHECK_GOTO(to_host(g, host, g->params, g->dt, n));
+cleanup:
+    return rc;
+}
+
+int llava_cuda_set_bucketer(llava_cuda_t *g, nccl_bucketer_t *b) {
+    int rc = 0;
+    CHECK_GOTO(!b || g->have_grads, LLAVA_EINVAL, "llava_cuda_set_bucketer: prepare the gradients first");
+    g->bk = b;
+cleanup:
+    return rc;
+}
+
 size_t llava_cuda_bytes(const llava_cuda_t *g) {
-    size_t train = g->have_grads ? g->n_train * (g->dts + 8 + (g->master != g->params ? 4 : 0)) : 0;
+    size_t state = g->o.zero1 ? (size_t)g->z.shard : g->n_train;
+    size_t train = g->have_grads ? g->n_train * g->dts + state * (8 + (g->own_master ? 4 : 0)) : 0;
     return g->bytes_fixed + g->bytes_acts + train;
 }
 
 cudaStream_t llava_cuda_stream(const llava_cuda_t *g) { return g->s; }
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* ZeRO-1                                                                                                     */
+
+const zero1_layout_t *llava_cuda_zero1_layout(const llava_cuda_t *g) { return &g->z; }
+
+int llava_cuda_host_full(const llava_cuda_t *g) { return g->host_full; }
+
+/* dev[0, shard) (fp32) = host[offset, offset + local), zero past local; host NULL: all zero. */
+static int shard_upload(llava_cuda_t *g, float *dev, const float *host, const zero1_layout_t *z) {
+    int rc = 0;
+    CUDA_CHECK_GOTO(cudaMemsetAsync(dev, 0, (size_t)z->shard * sizeof(float), g->s));
+    if (host && z->local > 0)
+        CUDA_CHECK_GOTO(cudaMemcpyAsync(dev, host + z->offset, (size_t)z->local * sizeof(float),
+                                        cudaMemcpyHostToDevice, g->s));
+cleanup:
+    return rc;
+}
+
+int llava_cuda_zero1_shard(llava_cuda_t *g, int world, int rank) {
+    int rc = 0;
+    llava_model_t *m = g->m;
+    zero1_layout_t z;
+    CHECK_GOTO(g->o.zero1 && g->have_grads, LLAVA_EINVAL, "zero1_shard: not a ZeRO-1 model with gradients");
+    CHECK_GOTO(world >= 1 && world - 1 <= ZERO1_SLACK, LLAVA_EINVAL, "zero1_shard: world %d (at most %d)", world,
+               ZERO1_SLACK + 1);
+    if (g->z.world == world && g->z.rank == rank && g->adam_m) return 0; /* the same shard: keep it */
+    CHECK_GOTO(g->host_full, LLAVA_ENOTFOUND, "ZeRO-1: this worker holds shard %d of %d of the optimizer state and "
+               "the new generation makes it rank %d of %d; the other shards are gone with their workers (resume the "
+               "job from its last checkpoint)", g->z.rank, g->z.world, rank, world);
+    RC_CHECK_GOTO(zero1_layout(&z, (long)g->n_train, world, rank));
+    state_free(g);
+    CUDA_CHECK_GOTO(cudaMalloc((void **)&g->adam_m, (size_t)z.shard * sizeof(float)));
+    CUDA_CHECK_GOTO(cudaMalloc((void **)&g->adam_v, (size_t)z.shard * sizeof(float)));
+    RC_CHECK_GOTO(shard_upload(g, g->adam_m, m->adam_m ? arena_data(m->adam_m) : NULL, &z));
+    RC_CHECK_GOTO(shard_upload(g, g->adam_v, m->adam_v ? arena_data(m->adam_v) : NULL, &z));
+    if (g->dt == CUDA_DT_F32) {
+        g->master = (float *)g->params + z.offset; /* the weights are fp32: updated in place, then all-gathered */
+    } else {
+        CUDA_CHECK_GOTO(cudaMalloc((void **)&g->master, (size_t)z.shard * sizeof(float)));
+        g->own_master = 1;
+        RC_CHECK_GOTO(shard_upload(g, g->master, arena_data(m->params), &z));
+    }
+    CUDA_CHECK_GOTO(cudaStreamSynchronize(g->s));
+    g->z = z;
+cleanup:
+    if (rc) state_free(g);
+    return rc;
+}
+
+static int zero1_check(const llava_cuda_t *g, nccl_comm_t *c, const char *what) {
+    int rc = 0;
+    CHECK_GOTO(g->o.zero1 && g->have_grads && g->adam_m, LLAVA_EINVAL, "%s: no ZeRO-1 shard (llava_cuda_zero1_shard)",
+               what);
+    CHECK_GOTO(nccl_comm_world(c) == g->z.world && nccl_comm_rank(c) == g->z.rank, LLAVA_EINVAL,
+               "%s: the shard is rank %d of %d, the communicator rank %d of %d", what, g->z.rank, g->z.world,
+               nccl_comm_rank(c), nccl_comm_world(c));
+cleanup:
+    return rc;
+}
+
+int llava_cuda_zero1_reduce(llava_cuda_t *g, nccl_comm_t *c, int timeout_ms, nccl_abort_fn abort_fn, void *ud,
+                            double *sumsq) {
+    int rc = 0;
+    RC_CHECK_GOTO(zero1_check(g, c, "zero1_reduce"));
+    void *gs = at(g, g->grads, (size_t)g->z.offset);
+    RC_CHECK_GOTO(nccl_reduce_scatter(c, g->grads, gs, (size_t)g->z.shard, g->dt, g->s, timeout_ms, abort_fn, ud));
+    /* the squared norm of this rank's summed shard (the padding is zero), summed over the ranks in fp64 */
+    CUDA_CHECK_GOTO(cudaMemsetAsync(g->d_f64 + 1, 0, sizeof(double), g->s));
+    if (g->z.local > 0) RC_CHECK_GOTO(cuda_global_norm_sq(g->ctx, g->d_f64 + 1, gs, g->z.local, 0, g->dt, g->s));
+    RC_CHECK_GOTO(nccl_allreduce_f64(c, g->d_f64 + 1, 1, g->s, timeout_ms, abort_fn, ud));
+    CUDA_CHECK_GOTO(cudaMemcpyAsync(&g->z_sumsq, g->d_f64 + 1, sizeof g->z_sumsq, cudaMemcpyDeviceToHost, g->s));
+    CUDA_CHECK_GOTO(cudaStreamSynchronize(g->s));
+    if (sumsq) *sumsq = g->z_sumsq;
+cleanup:
+    return rc;
+}
+
+int llava_cuda_zero1_apply(llava_cuda_t *g, nccl_comm_t *c, const adamw_opts_t *o, double scale, double *grad_norm,
+                           int timeout_ms, nccl_abort_fn abort_fn, void *ud) {
+    int rc = 0;
+    RC_CHECK_GOTO(zero1_check(g, c, "zero1_apply"));
+    double norm = sqrt(g->z_sumsq) * fabs(scale); /* as llava_cuda_adamw_step */
+    if (grad_norm) *grad_norm = norm;
+    float coef = o->max_grad_norm > 0 ? clip_grad_coef(norm, (float)o->max_grad_norm) : 1.0f;
+    void *ws = at(g, g->params, (size_t)g->z.offset);
+    g->m->adam_t++;
+    g->host_full = 0;
+    if (g->z.local > 0)
+        RC_CHECK_GOTO(cuda_adamw_update(g->master, g->dt == CUDA_DT_F32 ? NULL : ws, g->dt,
+                                        at(g, g->grads, (size_t)g->z.offset), g->dt, g->adam_m, g->adam_v,
+                                        g->z.local, o->lr, o->beta1, o->beta2, o->eps, o->weight_decay,
+                                        g->m->adam_t, (float)(scale * coef), g->s));
+    RC_CHECK_GOTO(nccl_allgather(c, ws, g->params, (size_t)g->z.shard, g->dt, g->s, timeout_ms, abort_fn, ud));
+    RC_CHECK_GOTO(llava_cuda_grads_zero(g));
+    CUDA_CHECK_GOTO(cudaStreamSynchronize(g->s));
+cleanup:
+    return rc;
+}
+
+/* host[z.n] = every rank's src[z.shard] in rank order (padding dropped), k elements per rank at a time. */
+static int gather_to_host(llava_cuda_t *g, nccl_comm_t *c, float *host, const float *src, float *stage,
+                          float *hstage, size_t k, int timeout_ms, nccl_abort_fn abort_fn, void *ud) {
+    int rc = 0;
+    const zero1_layout_t *z = &g->z;
+    for (long i = 0; i < z->shard; i += (long)k) {
+        size_t kk = (size_t)(z->shard - i) < k ? (size_t)(z->shard - i) : k;
+        RC_CHECK_GOTO(nccl_allgather(c, src + i, stage, kk, CUDA_DT_F32, g->s, timeout_ms, abort_fn, ud));
+        CUDA_CHECK_GOTO(cudaMemcpyAsync(hstage, stage, kk * z->world * sizeof(float), cudaMemcpyDeviceToHost, g->s));
+        CUDA_CHECK_GOTO(cudaStreamSynchronize(g->s));
+        for (int r = 0; r < z->world; r++) {
+            long first = (long)r * z->shard + i, cnt = z->n - first;
+            if (cnt > (long)kk) cnt = (long)kk;
+            if (cnt > 0) memcpy(host + first, hstage + (size_t)r * kk, (size_t)cnt * sizeof(float));
+        }
+    }
+cleanup:
+    return rc;
+}
+
+int llava_cuda_zero1_gather(llava_cuda_t *g, nccl_comm_t *c, int timeout_ms, nccl_abort_fn abort_fn, void *ud) {
+    int rc = 0;
+    llava_model_t *m = g->m;
+    float *stage = NULL, *hstage = NULL;
+    RC_CHECK_GOTO(zero1_check(g, c, "zero1_gather"));
+    RC_CHECK_GOTO(llava_optim_prepare(m));
+    size_t k = STAGE_FLOATS / (size_t)g->z.world;
+    if (k < 1) k = 1;
+    if (k > (size_t)g->z.shard) k = (size_t)g->z.shard;
+    CUDA_CHECK_GOTO(cudaMalloc((void **)&stage, k * (size_t)g->z.world * sizeof(float)));
+    hstage = malloc(k * (size_t)g->z.world * sizeof(float));
+    ALLOC_CHECK_GOTO(hstage);
+    RC_CHECK_GOTO(gather_to_host(g, c, arena_data(m->params), g->master, stage, hstage, k, timeout_ms, abort_fn, ud));
+    RC_CHECK_GOTO(gather_to_host(g, c, arena_data(m->adam_m), g->adam_m, stage, hstage, k, timeout_ms, abort_fn, ud));
+    RC_CHECK_GOTO(gather_to_host(g, c, arena_data(m->adam_v), g->adam_v, stage, hstage, k, timeout_ms, abort_fn, ud));
+    g->host_full = 1;
+cleanup:
+    cudaFree(stage);
+    free(hstage);
+    return rc;
+}

@@ -425,7 +425,13 @@ static void on_apply(compute_t *k, const wire_msg_t *m) {
     }
     double gn = 0;
     char err[512] = "";
-    int rc = k->x->backend->ops->apply(k->x->backend, k->rbuf, k->scale, k->lr, m->step, &gn, err, sizeof err);
+    const backend_ops_t *ops = k->x->backend->ops;
+    int rc = ops->apply(k->x->backend, k->rbuf, k->scale, k->lr, m->step, &gn, err, sizeof err);
+    /* a checkpoint or a handover follows: a sharded optimizer state (ZeRO-1) is gathered on every rank first */
+    if (!rc && k->dev_comm && ops->dev_gather_state && wire_get_i64(m->body, "gather_state", 0) == 1) {
+        rc = ops->dev_gather_state(k->x->backend, 2 * k->hang_timeout_ms, aborted, k);
+        if (rc) snprintf(err, sizeof err, "gathering the sharded optimizer state: %s", err_str(rc));
+    }
     k->reduced = 0;
     atomic_fetch_add(&k->x->progress, 1);
     if (rc) {

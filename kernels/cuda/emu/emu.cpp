@@ -1,7 +1,9 @@
 // The CPU SIMT emulator runtime (see emu.h and run.sh).
 #include "emu.h"
+#include <mutex>
 #include <stdio.h>
 #include <cuda_runtime.h>
+static std::mutex launch_mu; /* the block state below is global: one launch at a time (fake NCCL rank threads) */
 thread_local dim3 threadIdx, blockIdx;
 dim3 blockDim, gridDim;
 thread_local int emu_tid;
@@ -19,6 +21,7 @@ static void *trun(void *p) {
     return NULL;
 }
 void emu_launch(dim3 grid, dim3 block, size_t smem, std::function<void()> fn) {
+    std::lock_guard<std::mutex> hold(launch_mu);
     int nt = block.x * block.y * block.z;
     if (nt % 32 != 0 || nt > 1024) { fprintf(stderr, "emu: block of %d threads\n", nt); abort(); }
     blockDim = block; gridDim = grid;
@@ -53,4 +56,12 @@ int cuda_device_count(void) { return 1; }
 cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) { *s = NULL; return cudaSuccess; }
 cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+/* streams run synchronously: events order nothing and are always complete */
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *e, unsigned) { *e = malloc(1); return cudaSuccess; }
+cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaEventDestroy(cudaEvent_t e) { free(e); return cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaMallocAsync(void **p, size_t n, cudaStream_t) { return cudaMalloc(p, n); }
+cudaError_t cudaFreeAsync(void *p, cudaStream_t) { return cudaFree(p); }
 }

@@ -5,6 +5,9 @@
 # cuBLAS (matmul) and NCCL are not emulated. For machines without a GPU; a real GPU run is still the reference.
 # "model" runs tests/cuda/test_model_cuda.c (the whole GPU model, worker/model_cuda.c, on the transformers fixtures)
 # with matmul_emu.c (host loops) standing in for the cuBLASLt matmuls; every other op is the emulated kernel.
+# "zero1" runs tests/cuda/test_model_zero1.c (ZeRO-1 of the GPU model, 1-4 ranks) and "buckets"
+# tests/cuda/test_model_buckets.c (2 ranks) with nccl_comm.cu compiled against a fake NCCL (nccl_emu.cpp: the ranks
+# are threads of one process, sums in rank order).
 # Usage: kernels/cuda/emu/run.sh [test ...]   (from anywhere; needs g++, gcc, perl, OpenBLAS, OpenMP, cJSON)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,7 +18,7 @@ tests=("$@")
 [ ${#tests[@]} -eq 0 ] && tests=(norm attention elementwise embed loss adamw)
 inc=(-I"$here/include" -I"$here" -I"$work/src" -I"$root" -D_GNU_SOURCE)
 mkdir -p "$work/src/kernels/cuda"
-cp "$root"/kernels/cuda/{cuda_common.cuh,ops_cuda.h,cuda_check.h} "$work/src/kernels/cuda/"
+cp "$root"/kernels/cuda/{cuda_common.cuh,ops_cuda.h,cuda_check.h,nccl_comm.h,zero1.h} "$work/src/kernels/cuda/"
 objs=()
 for k in ctx norm attention elementwise loss_optim; do
   perl "$here/prep.pl" "$root/kernels/cuda/$k.cu" "$work/$k.cpp"
@@ -28,10 +31,36 @@ gcc -std=c11 -O2 -I"$root" -D_GNU_SOURCE -c "$root/common/err.c" -o "$work/err.o
 gcc -std=c11 -O2 -I"$root" -D_GNU_SOURCE -c "$root/common/tensor.c" -o "$work/tensor.o"
 fail=0
 for t in "${tests[@]}"; do
+  if [ "$t" = zero1 ] || [ "$t" = buckets ]; then
+    # multi-rank tests of the GPU model (ranks as threads): nccl_comm.cu against a fake NCCL (nccl_emu.cpp)
+    tf=test_model_$t; ranks=4; [ "$t" = buckets ] && ranks=2
+    zobjs=()
+    for k in nccl_comm zero1; do
+      perl "$here/prep.pl" "$root/kernels/cuda/$k.cu" "$work/$k.cpp"
+      g++ -std=c++17 -O1 -pthread -w "${inc[@]}" -c "$work/$k.cpp" -o "$work/$k.o"
+      zobjs+=("$work/$k.o")
+    done
+    g++ -std=c++17 -O1 -pthread -w "${inc[@]}" -c "$here/nccl_emu.cpp" -o "$work/nccl_emu.o"
+    for f in worker/model_cuda.c worker/model_llava.c worker/clip.c worker/llama.c worker/projector.c \
+             worker/batchfile.c common/safetensors.c common/hfconfig.c common/batch.c common/fileio.c \
+             kernels/cuda/emu/matmul_emu.c tests/cuda/$tf.c; do
+      gcc -std=c11 -O2 -I"$here/include" -I"$root" -D_GNU_SOURCE -DLLAVA_HAVE_CUDA=1 -DLLAVA_EMU_RANKS=$ranks \
+          $(pkg-config --cflags libcjson) -c "$root/$f" -o "$work/z_$(basename "$f" .c).o"
+      zobjs+=("$work/z_$(basename "$f" .c).o")
+    done
+    g++ -pthread -fopenmp "${zobjs[@]}" "$work/nccl_emu.o" "$work/emu.o" "${objs[@]}" "$work/ops.o" "$work/err.o" \
+        "$work/tensor.o" $(pkg-config --libs libcjson) -lopenblas -lm -o "$work/$tf"
+    echo "== $tf (emulated; fake NCCL, $ranks ranks as threads)"
+    if LLAVA_SOURCE_DIR="$root" "$work/$tf" > "$work/$t.log" 2>&1; then grep "^  \|checks" "$work/$t.log";
+    else fail=1; grep -v " INFO " "$work/$t.log" | tail -40; echo "$tf FAILED"; fi
+    cp "$work/$t.log" "/tmp/llava-emu-$tf.log"
+    rm -f "${zobjs[@]}"
+    continue
+  fi
   if [ "$t" = model ]; then
     mobjs=()
     for f in worker/model_cuda.c worker/model_llava.c worker/clip.c worker/llama.c worker/projector.c \
-             worker/batchfile.c common/safetensors.c common/hfconfig.c common/batch.c kernels/cuda/emu/matmul_emu.c \
+             worker/batchfile.c common/safetensors.c common/hfconfig.c common/batch.c common/fileio.c kernels/cuda/emu/matmul_emu.c \
              tests/cuda/test_model_cuda.c; do
       o="$work/m_$(basename "$f" .c).o"
       gcc -std=c11 -O2 -I"$here/include" -I"$root" -D_GNU_SOURCE -DLLAVA_HAVE_CUDA=1 $(pkg-config --cflags libcjson) \
