@@ -354,8 +354,8 @@ const char *job_key_name(job_key_t key) {
         "train.global_batch", "train.micro_batch_tokens", "train.lr", "train.warmup_ratio", "train.schedule",
         "train.weight_decay", "train.max_grad_norm", "train.precision", "train.seed", "train.max_steps",
         "train.recompute", "train.zero_stage", "eval.data", "eval.answers", "eval.every_epoch", "checkpoint.dir",
-        "checkpoint.every_steps", "checkpoint.keep", "cluster.workers", "cluster.device", "cluster.heartbeat_ms", "cluster.hang_timeout_ms",
-        "cluster.max_replacements"};
+        "checkpoint.every_steps", "checkpoint.keep", "cluster.workers", "cluster.device", "cluster.heartbeat_ms",
+        "cluster.hang_timeout_ms", "cluster.max_replacements"};
     return (unsigned)key < JOB_KEY_COUNT ? names[key] : "?";
 }
 

@@ -48,7 +48,6 @@ static const char *jstr(const cJSON *o, const char *a, const char *b) {
     const cJSON *v = jget(o, a, b);
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
-static int jtrue(const cJSON *o, const char *a, const char *b) { return cJSON_IsTrue(jget(o, a, b)); }
 static double jnum(const cJSON *o, const char *a, const char *b, double d) {
     const cJSON *v = jget(o, a, b);
     return cJSON_IsNumber(v) ? v->valuedouble : d;
@@ -122,7 +121,8 @@ static int plan_fits(model_backend_t *mb, const cJSON *spec, int recompute, int 
     memplan_print(&p, stderr);
     const char *ign = getenv("LLAVA_MEMPLAN_IGNORE");
     if (ign && strcmp(ign, "1") == 0) {
-        LOG_W("the memory planner says the job does not fit cuda:%d (%.1f GiB of %.1f); going on (LLAVA_MEMPLAN_IGNORE)",
+        LOG_W("the memory planner says the job does not fit cuda:%d (%.1f GiB of %.1f); going on "
+              "(LLAVA_MEMPLAN_IGNORE)",
               mb->gpu, p.total / (1 << 30), p.usable / (1 << 30));
         return 0;
     }
@@ -182,8 +182,9 @@ static int model_job_load(backend_t *b, const cJSON *job, char *err, size_t errl
     if (mb->gpu >= 0) {
         const char *prec = jstr(spec, "train", "precision");
         const char *rc_env = getenv("LLAVA_CUDA_RECOMPUTE");
+        int recompute = cJSON_IsTrue(jget(spec, "train", "recompute")) || (rc_env && strcmp(rc_env, "1") == 0);
         llava_cuda_opts_t o = {.device = mb->gpu, .dt = prec && strcmp(prec, "fp32") == 0 ? CUDA_DT_F32 : CUDA_DT_BF16,
-                               .recompute = jtrue(spec, "train", "recompute") || (rc_env && strcmp(rc_env, "1") == 0),
+                               .recompute = recompute,
                                .zero1 = (int)jnum(spec, "train", "zero_stage", 0) == 1};
         int adam_t = mb->model->adam_t;
         mb->zero1 = o.zero1;
