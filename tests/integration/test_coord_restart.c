@@ -3,6 +3,7 @@
  * again on the same state and endpoint; the workers re-register claiming steps 3 and 2. The new coordinator must
  * not send JOB {keep}: it loads them from the start (no checkpoint yet), replays steps 0-2 against the ledger
  * (replayed_steps 3, resumed_in_memory false) and finishes. (Agreeing workers: test_cluster_sim's restart.)
+ * Also: the APPLY before each checkpoint, and no other, carries gather_state (ZeRO-1 workers gather their shards).
  * Run: ctest -R test_coord_restart (needs LLAVA_BUILD_DIR, set by ctest). */
 #include <signal.h>
 #include <stdio.h>
@@ -34,6 +35,9 @@ typedef struct {
     int keep_jobs, jobs; /* JOB messages received, and how many asked to keep the state */
     int released;       /* RELEASE at the end of a job */
     int64_t job_start;  /* start_step of the last JOB */
+    int applies, gathers;   /* APPLYs, and those with gather_state (a checkpoint or handover follows) */
+    int64_t gather_step;    /* step of the last APPLY with gather_state (-1: none) */
+    int ckpts, ckpts_gathered; /* CKPTs, and those right after an APPLY with gather_state */
 } fake_t;
 
 static char g_bin[1024], g_tmp[512];
@@ -105,8 +109,17 @@ static void fake_on(fake_t *f, int i, const wire_msg_t *m, int64_t stall) {
         cJSON_AddNumberToObject(b, "grad_norm", 1.0);
         send_msg(f, MSG_REDUCED, m->step, b);
         break;
-    case MSG_APPLY: f->held = m->step + 1; break;
+    case MSG_APPLY:
+        f->held = m->step + 1;
+        f->applies++;
+        if (wire_get_i64(m->body, "gather_state", 0) == 1) {
+            f->gathers++;
+            f->gather_step = m->step;
+        }
+        break;
     case MSG_CKPT: {
+        f->ckpts++; /* the CKPT of step k follows the APPLY of step k - 1, which must ask for a gather */
+        f->ckpts_gathered += f->gather_step == m->step - 1;
         /* a real checkpoint directory, so the run dir's `latest` is what a worker would leave */
         char dir[1200], p[1300];
         snprintf(dir, sizeof dir, "%s/%s", wire_get_str(m->body, "run_dir", "."), wire_get_str(m->body, "name", "x"));
@@ -235,6 +248,7 @@ int main(void) {
         zmq_setsockopt(f[i].sock, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
         zmq_connect(f[i].sock, ep);
         f[i].claim = -1;
+        f[i].gather_step = -1;
         fake_register(&f[i], i);
     }
     /* a job of 6 steps (96 samples, batch 16); checkpoints only at the end */
@@ -283,6 +297,11 @@ int main(void) {
            f[0].keep_jobs + f[1].keep_jobs, (long long)f[0].job_start);
     CHECKF(strcmp(wire_get_str(rec, "state", ""), "done") == 0, "the job ended '%s'", wire_get_str(rec, "state", "?"));
     CHECKF(f[0].keep_jobs + f[1].keep_jobs == 0, "JOB {keep} was sent although the workers disagree");
+    /* ZeRO-1 workers gather their sharded state before a checkpoint: APPLY says so then, and only then */
+    int ck = f[0].ckpts + f[1].ckpts, ckg = f[0].ckpts_gathered + f[1].ckpts_gathered;
+    int ga = f[0].gathers + f[1].gathers, ap = f[0].applies + f[1].applies;
+    CHECKF(ck >= 1 && ckg == ck, "%d of %d checkpoints followed an APPLY with gather_state", ckg, ck);
+    CHECKF(ga >= 1 && ga <= 2 * ck && ga < ap, "%d of %d APPLYs asked for a gather (%d checkpoints)", ga, ap, ck);
     CHECKF(f[0].job_start == 0 && f[1].job_start == 0, "the workers were loaded at steps %lld / %lld, not 0",
            (long long)f[0].job_start, (long long)f[1].job_start);
     CHECKF(!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(rec, "resumed_in_memory")), "resumed_in_memory is true");
