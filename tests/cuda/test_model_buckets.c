@@ -96,7 +96,7 @@ static void run(const char *dir, const char *name, cuda_dtype_t dt, train_mode_t
         CHECK_RC(rk[r].rc, 0);
         if (rk[r].rc == 0) {
             int same = memcmp(rk[r].once, rk[r].bucketed, rk[r].n * sizeof(float)) == 0;
-            int same0 = memcmp(rk[r].bucketed, rk[0].bucketed, rk[r].n * sizeof(float)) == 0;
+            int same0 = rk[0].rc == 0 && memcmp(rk[r].bucketed, rk[0].bucketed, rk[r].n * sizeof(float)) == 0;
             if (r == 0)
                 printf("  %s %s %s W=%d: %zu gradients in %d buckets, %d launched during the backward, bucketed == "
                        "one all-reduce: %s\n", name, dt == CUDA_DT_F32 ? "fp32" : "bf16",
@@ -107,6 +107,8 @@ static void run(const char *dir, const char *name, cuda_dtype_t dt, train_mode_t
             CHECKF(same, "rank %d: bucketed sums differ from one all-reduce", r);
             CHECKF(same0, "rank %d: sums differ from rank 0's", r);
         }
+    }
+    for (int r = 0; r < W; r++) {
         free(rk[r].once);
         free(rk[r].bucketed);
     }
