@@ -21,9 +21,13 @@ if [ ! -f runs/demo/data/instruct/manifest.json ] || [ "$(cat runs/demo/data/mad
   build/llava-data synth --out runs/demo/data --n 4000 --n-test 200 --image-size 56 --ingest 56 --jobs "$(nproc)"
   echo "$made_by" >runs/demo/data/made-by
 fi
-if [ ! -f runs/demo/model-init/config.json ]; then
+# what made runs/demo/model-init: a model from an older init is made again (and the run trained from it dropped)
+model_by="init v2 (projector: torch nn.Linear default) --config jobs/assets/demo-model.json --seed 1"
+if [ ! -f runs/demo/model-init/config.json ] || [ "$(cat runs/demo/model-init/made-by 2>/dev/null)" != "$model_by" ]; then
   echo "== a tiny random LLaVA (CLIP 3x64 at 56 px, LLaMA 2x128, vocab 1001)"
+  rm -rf runs/demo/model-init runs/demo/run
   build/llava-model init --config jobs/assets/demo-model.json --out runs/demo/model-init --seed 1
+  echo "$model_by" >runs/demo/model-init/made-by
 fi
 echo "== llava-run jobs/demo.yaml"
 exec build/llava-run jobs/demo.yaml "$@"

@@ -31,7 +31,8 @@ static void usage_init(FILE *f) {
             "usage: llava-model init --config CONFIG.json --out DIR [--seed N] [--max-shard-bytes N] [--threads N]\n"
             "  CONFIG.json is a LLaVA config (model_type \"llava\"; \"mm_projector_type\": \"linear\" selects the\n"
             "  original one-layer projector, default mlp2x_gelu). Weights use HF's init (normal(0,\n"
-            "  initializer_range), zero biases, unit norms; CLIP's own scaled rules), from a splitmix64 generator.\n"
+            "  initializer_range), unit norms; CLIP's own scaled rules) except the projector, which gets torch's\n"
+            "  nn.Linear default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as in LLaVA's trainer; splitmix64 generator.\n"
             "  DIR receives config.json and model.safetensors (sharded above --max-shard-bytes, default 5 GB).\n");
 }
 

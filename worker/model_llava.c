@@ -112,7 +112,7 @@ int llava_model_init_random(const llava_config_t *cfg, proj_type_t projector, ui
     llava_model_t *m = NULL;
     RC_CHECK_GOTO(model_create(cfg, projector, &m));
     uint64_t rng = seed * 0x2545F4914F6CDD1Dull + 1;
-    projector_init_random(&m->proj, cfg->text.initializer_range, &rng);
+    projector_init_random(&m->proj, &rng);
     llama_init_random(&m->llm, &rng);
     clip_init_random(&m->clip, &rng);
     *out = m;
@@ -339,7 +339,7 @@ int llava_model_load_parts(const char *clip_dir, const char *llama_dir, const ll
                "%d tensor problem(s), listed above", problems);
     fill_optional_norms(m, loaded);
     uint64_t rng = opts->seed * 0x2545F4914F6CDD1Dull + 7;
-    projector_init_random(&m->proj, cfg.text.initializer_range, &rng);
+    projector_init_random(&m->proj, &rng);
     *out = m;
     m = NULL;
 cleanup:

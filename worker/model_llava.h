@@ -4,10 +4,10 @@
  * tensors with the same layout as the front of the parameter arena; AdamW moments likewise; activations in one arena
  * sized for the largest (B*T, images) seen. Tested by tests/unit/test_model_parity.c against transformers fixtures.
  *
- * Random init (llava_model_init_random, `llava-model init`): LLaMA and projector as HF (normal(0,
- * initializer_range) for linears and embeddings, zero biases, unit norms); CLIP as CLIPPreTrainedModel
- * (class embedding normal(0, C^-0.5), q/k/v and fc2 normal(0, C^-0.5 (2L)^-0.5), out_proj C^-0.5, fc1 (2C)^-0.5,
- * patch/position embeddings initializer_range, all times initializer_factor). The generator is splitmix64 +
+ * Random init (llava_model_init_random, `llava-model init`): LLaMA as HF (normal(0, initializer_range) for linears
+ * and embeddings, unit norms); the projector as LLaVA's trainer (torch's nn.Linear default, see projector.h); CLIP
+ * as CLIPPreTrainedModel (class embedding normal(0, C^-0.5), q/k/v and fc2 normal(0, C^-0.5 (2L)^-0.5), out_proj
+ * C^-0.5, fc1 (2C)^-0.5, patch/position embeddings initializer_range, all times initializer_factor). The generator is splitmix64 +
  * Box-Muller, so values differ from torch's for the same seed. */
 #ifndef LLAVA_WORKER_LLAVA_H
 #define LLAVA_WORKER_LLAVA_H
@@ -80,7 +80,7 @@ int llava_config_read(const char *path, llava_config_t *cfg, proj_type_t *pt);
  *  LLAVA_EUNSUPPORTED (an activation other than quick_gelu/gelu/silu) or LLAVA_ENOMEM. Free with llava_model_free. */
 int llava_model_load(const char *dir, llava_model_t **out);
 /** Builds a model from a CLIP directory (CLIPModel or CLIPVisionModel; text model and post_layernorm ignored), a
- *  LLaMA directory and a fresh projector (normal(0, initializer_range), zero bias). Returns as llava_model_load. */
+ *  LLaMA directory and a fresh projector (torch nn.Linear default init, as LLaVA's trainer; see projector.h). Returns as llava_model_load. */
 int llava_model_load_parts(const char *clip_dir, const char *llama_dir, const llava_load_opts_t *opts,
                            llava_model_t **out);
 /** A randomly initialised model (see the file comment). cfg must be a full llava config. */

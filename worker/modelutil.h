@@ -51,6 +51,11 @@ static inline void mu_normal(float *x, int64_t n, double std, uint64_t *s) {
     }
 }
 
+/** Fills x[n] with uniform(-bound, bound) samples. */
+static inline void mu_uniform(float *x, int64_t n, double bound, uint64_t *s) {
+    for (int64_t i = 0; i < n; i++) x[i] = (float)(bound * (2.0 * ((double)(mu_next(s) >> 11) / 9007199254740992.0) - 1.0));
+}
+
 static inline void mu_fill(float *x, int64_t n, float v) {
     for (int64_t i = 0; i < n; i++) x[i] = v;
 }

@@ -1,6 +1,7 @@
 /* LLaVA projector forward/backward on the CPU ops; see projector.h. Tested by tests/unit/test_model_parity.c. */
 #include "worker/projector.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "common/err.h"
@@ -32,9 +33,17 @@ void projector_bind(projector_t *p, arena_t *a, proj_type_t type, int Cv, int H,
     p->b2 = mu_get(a, PROJ_PREFIX, "linear_2.bias");
 }
 
-void projector_init_random(projector_t *p, double std, uint64_t *rng) {
-    mu_normal(p->w1, (int64_t)p->H * p->Cv, std, rng);
-    if (p->w2) mu_normal(p->w2, (int64_t)p->H * p->H, std, rng);
+/* U(-b, b) with b = 1/sqrt(fan_in): torch.nn.Linear's reset_parameters (kaiming_uniform_ with a = sqrt(5) gives
+ * exactly this bound for the weight, and the bias uses the same one). */
+static void linear_init_torch(float *w, float *b, int out, int in, uint64_t *rng) {
+    double bound = 1.0 / sqrt((double)in);
+    mu_uniform(w, (int64_t)out * in, bound, rng);
+    if (b) mu_uniform(b, out, bound, rng);
+}
+
+void projector_init_random(projector_t *p, uint64_t *rng) {
+    linear_init_torch(p->w1, p->b1, p->H, p->Cv, rng);
+    if (p->w2) linear_init_torch(p->w2, p->b2, p->H, p->H, rng);
 }
 
 size_t projector_acts_floats(const projector_t *p, int M) {

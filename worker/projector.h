@@ -23,8 +23,11 @@ typedef struct {
 int projector_plan(arena_t *a, proj_type_t type, int Cv, int H, int bias);
 /** Points p into a (fields are NULL for tensors a lacks). */
 void projector_bind(projector_t *p, arena_t *a, proj_type_t type, int Cv, int H, int bias);
-/** normal(0, std) weights, zero biases (HF's Linear init with initializer_range). */
-void projector_init_random(projector_t *p, double std, uint64_t *rng);
+/** A fresh projector as LLaVA's trainer makes it: build_vision_projector runs after the base models are loaded, so
+ *  every nn.Linear keeps torch's default init, weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (not HF's
+ *  normal(0, initializer_range): at that scale the image part of the projected tokens is ~1% of their norm and the
+ *  demo's language model never learns to read colour or shape from them; see docs/architecture.md). */
+void projector_init_random(projector_t *p, uint64_t *rng);
 /** Floats of saved activations for M rows. */
 size_t projector_acts_floats(const projector_t *p, int M);
 /** out[M,H] = projector(feats[M,Cv]); acts (projector_acts_floats) keeps what the backward needs. */

@@ -246,6 +246,24 @@ static void test_random_and_batches(void) {
     double sd = sqrt(s2 / tensor_numel(e));
     CHECKF(fabs(sd - cfg.text.initializer_range) < 0.002, "embedding std %g", sd);
     CHECK(((float *)arena_get(m->params, "language_model.model.norm.weight")->data)[0] == 1.0f);
+    /* the projector as LLaVA's trainer leaves it: torch's nn.Linear default, U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+     * for weights and biases (std bound/sqrt(3)); HF's normal(0, 0.02) would fail both checks */
+    static const char *const pnames[] = {"multi_modal_projector.linear_1.weight", "multi_modal_projector.linear_1.bias",
+                                         "multi_modal_projector.linear_2.weight", "multi_modal_projector.linear_2.bias"};
+    for (int k = 0; k < 4; k++) {
+        tensor_t *pw = arena_get(m->params, pnames[k]);
+        if (!pw) continue; /* a linear projector has no linear_2 */
+        int64_t fan_in = k < 2 ? m->proj.Cv : m->proj.H;
+        double bound = 1.0 / sqrt((double)fan_in), q2 = 0, mx = 0;
+        for (int64_t j = 0; j < tensor_numel(pw); j++) {
+            double v = ((float *)pw->data)[j];
+            q2 += v * v;
+            mx = fabs(v) > mx ? fabs(v) : mx;
+        }
+        double psd = sqrt(q2 / tensor_numel(pw)), want = bound / sqrt(3.0);
+        CHECKF(mx <= bound && mx > 0.8 * bound, "%s: max |w| %g, bound %g", pnames[k], mx, bound);
+        if (tensor_numel(pw) >= 1000) CHECKF(fabs(psd - want) < 0.1 * want, "%s: std %g, want %g", pnames[k], psd, want);
+    }
     snprintf(path, sizeof path, "%s/init", test_tmpdir());
     CHECK_RC(llava_model_save(m, path, 0), 0);
     CHECK_RC(llava_model_load(path, &r), 0);
