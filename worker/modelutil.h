@@ -40,11 +40,14 @@ static inline uint64_t mu_next(uint64_t *s) {
     return z ^ (z >> 31);
 }
 
+/** A uniform sample in [0, 1) from the top 53 bits. */
+static inline double mu_unit(uint64_t *s) { return (double)(mu_next(s) >> 11) / 9007199254740992.0; }
+
 /** Fills x[n] with normal(0, std) samples (Box-Muller). */
 static inline void mu_normal(float *x, int64_t n, double std, uint64_t *s) {
     for (int64_t i = 0; i < n; i += 2) {
         double u1 = ((double)(mu_next(s) >> 11) + 1.0) / 9007199254740993.0;
-        double u2 = (double)(mu_next(s) >> 11) / 9007199254740992.0;
+        double u2 = mu_unit(s);
         double r = sqrt(-2.0 * log(u1));
         x[i] = (float)(std * r * cos(2 * M_PI * u2));
         if (i + 1 < n) x[i + 1] = (float)(std * r * sin(2 * M_PI * u2));
@@ -53,7 +56,7 @@ static inline void mu_normal(float *x, int64_t n, double std, uint64_t *s) {
 
 /** Fills x[n] with uniform(-bound, bound) samples. */
 static inline void mu_uniform(float *x, int64_t n, double bound, uint64_t *s) {
-    for (int64_t i = 0; i < n; i++) x[i] = (float)(bound * (2.0 * ((double)(mu_next(s) >> 11) / 9007199254740992.0) - 1.0));
+    for (int64_t i = 0; i < n; i++) x[i] = (float)(bound * (2.0 * mu_unit(s) - 1.0));
 }
 
 static inline void mu_fill(float *x, int64_t n, float v) {
