@@ -232,35 +232,37 @@ extern "C" int nccl_allreduce_f64(nccl_comm_t *c, double *buf, size_t count, cud
 
 struct nccl_bucketer {
     nccl_comm_t *comm;
-    char *grads;
+    const char *send;
+    char *recv;
     size_t count, bucket_elems, esize;
     cuda_dtype_t dt;
     cudaStream_t compute, side;
     cudaEvent_t ready, done;
     int nbuckets, launched;
-    size_t *marked;    // elements marked per bucket
-    char *is_launched; // per bucket
+    int next;       // the next bucket to launch (descending: nbuckets - 1 .. 0; -1 when all went)
+    size_t *marked; // elements marked per bucket
 };
 
-extern "C" int nccl_bucketer_new(nccl_bucketer_t **out, nccl_comm_t *c, void *grads, size_t count,
+extern "C" int nccl_bucketer_new(nccl_bucketer_t **out, nccl_comm_t *c, const void *send, void *recv, size_t count,
                                  size_t bucket_elems, cuda_dtype_t dt, cudaStream_t compute_stream) {
     int rc = 0;
     nccl_bucketer_t *b = NULL;
     *out = NULL;
-    CHECK_GOTO(c && grads && count > 0 && bucket_elems > 0, LLAVA_EINVAL, "nccl_bucketer_new: bad arguments");
+    CHECK_GOTO(c && send && recv && count > 0 && bucket_elems > 0, LLAVA_EINVAL, "nccl_bucketer_new: bad arguments");
     b = (nccl_bucketer_t *)calloc(1, sizeof *b);
     CHECK_GOTO(b != NULL, LLAVA_ENOMEM, "out of memory");
     b->comm = c;
-    b->grads = (char *)grads;
+    b->send = (const char *)send;
+    b->recv = (char *)recv;
     b->count = count;
     b->bucket_elems = bucket_elems;
     b->dt = dt;
     b->esize = cuda_dtype_size(dt);
     b->compute = compute_stream;
     b->nbuckets = (int)((count + bucket_elems - 1) / bucket_elems);
+    b->next = b->nbuckets - 1;
     b->marked = (size_t *)calloc((size_t)b->nbuckets, sizeof *b->marked);
-    b->is_launched = (char *)calloc((size_t)b->nbuckets, 1);
-    CHECK_GOTO(b->marked && b->is_launched, LLAVA_ENOMEM, "out of memory");
+    CHECK_GOTO(b->marked, LLAVA_ENOMEM, "out of memory");
     CUDA_CHECK_GOTO(cudaStreamCreateWithFlags(&b->side, cudaStreamNonBlocking));
     CUDA_CHECK_GOTO(cudaEventCreateWithFlags(&b->ready, cudaEventDisableTiming));
     CUDA_CHECK_GOTO(cudaEventCreateWithFlags(&b->done, cudaEventDisableTiming));
@@ -281,7 +283,6 @@ extern "C" void nccl_bucketer_free(nccl_bucketer_t **p) {
     if (b->ready) (void)cudaEventDestroy(b->ready);
     if (b->done) (void)cudaEventDestroy(b->done);
     free(b->marked);
-    free(b->is_launched);
     free(b);
     *p = NULL;
 }
@@ -291,16 +292,17 @@ static size_t bucket_size(const nccl_bucketer_t *b, int k) {
     return start + b->bucket_elems <= b->count ? b->bucket_elems : b->count - start;
 }
 
-// The side stream waits for everything enqueued so far on the compute stream, then reduces bucket k in place.
-static int bucket_launch(nccl_bucketer_t *b, int k) {
+// The side stream waits for everything enqueued so far on the compute stream, then reduces the next bucket.
+static int bucket_launch_next(nccl_bucketer_t *b) {
     int rc = 0;
-    void *p = b->grads + (size_t)k * b->bucket_elems * b->esize;
+    int k = b->next;
+    size_t off = (size_t)k * b->bucket_elems * b->esize;
     CUDA_CHECK_GOTO(cudaEventRecord(b->ready, b->compute));
     CUDA_CHECK_GOTO(cudaStreamWaitEvent(b->side, b->ready, 0));
     // the enqueue itself is bounded; the wait for completion happens in nccl_bucketer_finish
-    RC_CHECK_GOTO(coll_enqueue(b->comm, COLL_ALLREDUCE, p, p, bucket_size(b, k), nccl_type(b->dt), b->side,
-                               now_ms() + 60000.0, NULL, NULL));
-    b->is_launched[k] = 1;
+    RC_CHECK_GOTO(coll_enqueue(b->comm, COLL_ALLREDUCE, b->send + off, b->recv + off, bucket_size(b, k),
+                               nccl_type(b->dt), b->side, now_ms() + 60000.0, NULL, NULL));
+    b->next--;
     b->launched++;
 cleanup:
     return rc;
@@ -315,28 +317,39 @@ extern "C" int nccl_bucketer_mark_ready(nccl_bucketer_t *b, size_t offset, size_
         int k = (int)(pos / b->bucket_elems);
         size_t bend = (size_t)k * b->bucket_elems + bucket_size(b, k);
         size_t n = (end < bend ? end : bend) - pos;
-        CHECK_GOTO(!b->is_launched[k] && b->marked[k] + n <= bucket_size(b, k), LLAVA_EINVAL,
+        CHECK_GOTO(k <= b->next && b->marked[k] + n <= bucket_size(b, k), LLAVA_EINVAL,
                    "nccl_bucketer_mark_ready: bucket %d marked twice", k);
         b->marked[k] += n;
-        if (b->marked[k] == bucket_size(b, k)) RC_CHECK_GOTO(bucket_launch(b, k));
         pos += n;
     }
+    while (b->next >= 0 && b->marked[b->next] == bucket_size(b, b->next)) RC_CHECK_GOTO(bucket_launch_next(b));
 cleanup:
     return rc;
+}
+
+extern "C" int nccl_bucketer_launch_rest(nccl_bucketer_t *b) {
+    int rc = 0;
+    while (b->next >= 0) RC_CHECK_GOTO(bucket_launch_next(b));
+cleanup:
+    return rc;
+}
+
+extern "C" void nccl_bucketer_reset(nccl_bucketer_t *b) {
+    memset(b->marked, 0, (size_t)b->nbuckets * sizeof *b->marked);
+    b->next = b->nbuckets - 1;
+    b->launched = 0;
 }
 
 extern "C" int nccl_bucketer_finish(nccl_bucketer_t *b, int timeout_ms, nccl_abort_fn abort_fn, void *ud) {
     int rc = 0;
-    for (int k = 0; k < b->nbuckets; k++)
-        if (!b->is_launched[k]) RC_CHECK_GOTO(bucket_launch(b, k));
+    RC_CHECK_GOTO(nccl_bucketer_launch_rest(b));
     RC_CHECK_GOTO(nccl_comm_wait(b->comm, b->side, timeout_ms, abort_fn, ud));
     CUDA_CHECK_GOTO(cudaEventRecord(b->done, b->side));
     CUDA_CHECK_GOTO(cudaStreamWaitEvent(b->compute, b->done, 0));
 cleanup:
-    memset(b->marked, 0, (size_t)b->nbuckets * sizeof *b->marked);
-    memset(b->is_launched, 0, (size_t)b->nbuckets);
-    b->launched = 0;
+    nccl_bucketer_reset(b);
     return rc;
 }
 
 extern "C" int nccl_bucketer_launched(const nccl_bucketer_t *b) { return b->launched; }
+extern "C" int nccl_bucketer_count(const nccl_bucketer_t *b) { return b->nbuckets; }

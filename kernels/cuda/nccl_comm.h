@@ -73,24 +73,37 @@ int nccl_comm_wait(nccl_comm_t *c, cudaStream_t s, int timeout_ms, nccl_abort_fn
 /* ---------------------------------------------------------------------------------------------------------- */
 /* Gradient buckets: overlap the all-reduce with backward                                                     */
 
-/** Splits a flat gradient buffer grads[count] (device, dtype dt) into buckets of bucket_elems elements. The
- *  backward marks ranges whose gradient kernels it has ENQUEUED on compute_stream; when every element of a
- *  bucket is marked, an event is recorded on compute_stream and the bucket's in-place all-reduce is launched on
- *  the bucketer's own stream behind that event, so it runs while backward continues. Buckets are launched in the
- *  order they fill, which every rank must share (same model, same backward order). */
+/** Splits a flat gradient buffer send[count] (device, dtype dt) into buckets of bucket_elems elements, summed over
+ *  the ranks into recv[count] (recv == send: in place; a separate recv leaves the accumulated gradients intact, so
+ *  an all-reduce broken by a failure can be redone). The backward marks ranges whose gradient kernels it has
+ *  ENQUEUED on compute_stream. Buckets are launched in DESCENDING index order, the order a backward fills them (it
+ *  runs from the last parameters to the first): bucket k goes as soon as it is full and every bucket above it has
+ *  gone. An event is recorded on compute_stream and the bucket's all-reduce runs on the bucketer's own stream
+ *  behind it, so it overlaps the rest of the backward. The order is fixed, whatever a batch marks, so every rank
+ *  issues the same collectives in the same order (NCCL matches them by order) even when one rank launches its
+ *  buckets during a backward and another all at once (nccl_bucketer_launch_rest). */
 typedef struct nccl_bucketer nccl_bucketer_t;
 
-int nccl_bucketer_new(nccl_bucketer_t **out, nccl_comm_t *c, void *grads, size_t count, size_t bucket_elems,
-                      cuda_dtype_t dt, cudaStream_t compute_stream);
-/** Marks grads[offset, offset+count) ready (launching full buckets). LLAVA_EINVAL when the range is outside the
- *  buffer or a bucket gets more marked elements than it holds (a range marked twice in one step). */
+int nccl_bucketer_new(nccl_bucketer_t **out, nccl_comm_t *c, const void *send, void *recv, size_t count,
+                      size_t bucket_elems, cuda_dtype_t dt, cudaStream_t compute_stream);
+/** Marks send[offset, offset+count) ready (launching the buckets that may go). LLAVA_EINVAL when the range is
+ *  outside the buffer or a bucket gets more marked elements than it holds (a range marked twice in one step). */
 int nccl_bucketer_mark_ready(nccl_bucketer_t *b, size_t offset, size_t count);
-/** Launches the buckets not launched yet (unmarked ranges are reduced as they are), waits for all of them with
- *  deadline and abort as the collectives, makes compute_stream wait for the results, and resets for the next
- *  step. Returns 0, LLAVA_ETIMEOUT, LLAVA_EABORTED or LLAVA_ECUDA. */
+/** Launches, in order, every bucket not launched yet (unmarked ranges are reduced as they are), without waiting.
+ *  Returns 0 or LLAVA_ECUDA / LLAVA_ETIMEOUT (enqueue). */
+int nccl_bucketer_launch_rest(nccl_bucketer_t *b);
+/** nccl_bucketer_launch_rest, then waits for all buckets with deadline and abort as the collectives, makes
+ *  compute_stream wait for the results, and resets for the next step. Returns 0, LLAVA_ETIMEOUT, LLAVA_EABORTED or
+ *  LLAVA_ECUDA (the communicator is then aborted). */
 int nccl_bucketer_finish(nccl_bucketer_t *b, int timeout_ms, nccl_abort_fn abort_fn, void *ud);
 /** Number of buckets launched so far in this step (for tests and logs). */
 int nccl_bucketer_launched(const nccl_bucketer_t *b);
+/** Number of buckets. */
+int nccl_bucketer_count(const nccl_bucketer_t *b);
+/** Forgets the step's marks and launches without waiting (a new generation: abort the communicator first, so the
+ *  launched collectives end). */
+void nccl_bucketer_reset(nccl_bucketer_t *b);
+/** Waits for the bucketer's stream (abort the communicator first if collectives may hang) and frees. NULL-safe. */
 void nccl_bucketer_free(nccl_bucketer_t **p);
 
 #ifdef __cplusplus

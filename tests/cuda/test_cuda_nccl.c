@@ -73,15 +73,19 @@ static void test_collectives(shared_t *sh, nccl_comm_t *c, int rank, cudaStream_
 static void test_buckets(shared_t *sh, nccl_comm_t *c, int rank, cudaStream_t s) {
     int W = sh->world;
     long n = 1000;
-    float *h = hmalloc(n), *want = hmalloc(n), *d = NULL;
+    float *h = hmalloc(n), *want = hmalloc(n), *d = NULL, *r = NULL;
     nccl_bucketer_t *b = NULL;
     cudaMalloc((void **)&d, (size_t)n * 4);
+    cudaMalloc((void **)&r, (size_t)n * 4);
     for (int step = 0; step < 2; step++) {
         for (long i = 0; i < n; i++) h[i] = (float)(rank + 1) * (i + step);
         cudaMemcpy(d, h, (size_t)n * 4, cudaMemcpyHostToDevice);
-        if (!b) TCHECK(sh, nccl_bucketer_new(&b, c, d, (size_t)n, 300, CUDA_DT_F32, s) == 0);
+        /* out of place: the sum lands in r, d keeps this rank's gradients */
+        if (!b) TCHECK(sh, nccl_bucketer_new(&b, c, d, r, (size_t)n, 300, CUDA_DT_F32, s) == 0);
         if (!b) break;
-        /* backward order: the last parameters first; 4 buckets (300, 300, 300, 100) */
+        /* 4 buckets (300, 300, 300, 100), launched from the last: bucket 0 waits for buckets 3, 2 and 1 */
+        TCHECK(sh, nccl_bucketer_mark_ready(b, 0, 300) == 0);
+        TCHECK(sh, nccl_bucketer_launched(b) == 0);
         TCHECK(sh, nccl_bucketer_mark_ready(b, 900, 100) == 0);
         TCHECK(sh, nccl_bucketer_launched(b) == 1);
         TCHECK(sh, nccl_bucketer_mark_ready(b, 650, 250) == 0);
@@ -90,15 +94,17 @@ static void test_buckets(shared_t *sh, nccl_comm_t *c, int rank, cudaStream_t s)
         TCHECK(sh, nccl_bucketer_launched(b) == 2);
         TCHECK(sh, nccl_bucketer_mark_ready(b, 600, 1) == LLAVA_EINVAL); /* bucket 2 is done */
         TCHECK(sh, nccl_bucketer_mark_ready(b, 990, 20) == LLAVA_EINVAL); /* outside */
-        TCHECK(sh, nccl_bucketer_mark_ready(b, 0, 600) == 0);
+        TCHECK(sh, nccl_bucketer_mark_ready(b, 300, 300) == 0);
         TCHECK(sh, nccl_bucketer_launched(b) == 4);
         TCHECK(sh, nccl_bucketer_finish(b, TIMEOUT_MS, NULL, NULL) == 0);
         cudaStreamSynchronize(s);
         for (long i = 0; i < n; i++) want[i] = (float)(W * (W + 1) / 2) * (i + step);
-        check_floats(sh, d, want, n, "buckets", rank);
+        check_floats(sh, r, want, n, "buckets", rank);
+        check_floats(sh, d, h, n, "buckets (send untouched)", rank);
     }
     nccl_bucketer_free(&b);
     cudaFree(d);
+    cudaFree(r);
     free(h), free(want);
 }
 

@@ -62,7 +62,7 @@ static void *rank_main(void *p) {
     memcpy(a->once, h, n * sizeof(float));
     /* buckets of an odd size (several per tensor and tensors across buckets), launched during the backward */
     size_t be = n / 7 + 3;
-    RC_CHECK_GOTO(nccl_bucketer_new(&bk, c, dev, n, be, dt, llava_cuda_stream(g)));
+    RC_CHECK_GOTO(nccl_bucketer_new(&bk, c, dev, dev, n, be, dt, llava_cuda_stream(g)));
     a->nbuckets = (int)((n + be - 1) / be);
     RC_CHECK_GOTO(llava_cuda_set_bucketer(g, bk));
     RC_CHECK_GOTO(llava_cuda_forward_backward(g, &b, a->mode, &loss, &nt, 0));
