@@ -36,7 +36,7 @@ typedef enum {
     MSG_WELCOME = 32,  /* {worker_id, heartbeat_ms} */
     MSG_JOB,           /* {spec, ...}: load the model for this job */
     MSG_GENERATION,    /* {rank, world}: a new membership; bind a ring endpoint, answer READY {endpoint} */
-    MSG_MB,            /* {mb, samples[]}: compute this micro-batch, accumulate */
+    MSG_MB,            /* {mb, samples[], last?}: compute this micro-batch, accumulate (last: the step's final one) */
     MSG_REDUCE,        /* {n_targets, lr}: all-reduce the step's gradients */
     MSG_APPLY,         /* {}: the step is committed; apply the update */
     MSG_CKPT,          /* {dir}: write a checkpoint */
@@ -46,6 +46,7 @@ typedef enum {
     MSG_PEERS,         /* {peers[], nccl_id?}: every member bound its endpoint for this generation; connect the ring (GPU: and NCCL) */
     MSG_STATE_SEND,    /* {endpoint}: push the training state (after APPLY of step-1) to a joining worker */
     MSG_STATE_RECV,    /* {}: receive the training state of `step` on the endpoint reported in READY */
+    MSG_DRAIN,         /* {}: no more micro-batches for you in this step and generation (GPU: launch the buckets) */
     /* llavactl <-> coordinator */
     MSG_SUBMIT = 64,   /* {spec} -> MSG_REPLY {job} */
     MSG_STATUS,        /* {job?} -> MSG_REPLY {...} */

@@ -139,6 +139,21 @@ static int ensure_plan(coord_t *c, int64_t epoch) {
     return 0;
 }
 
+/* 1 when no micro-batch of the step waits for an owner. */
+static int queue_empty(const jobrun_t *j) {
+    for (int64_t k = j->mb_cursor; k < j->nmb; k++)
+        if (j->mbs[k].owner < 0) return 0;
+    return 1;
+}
+
+/* The last queued micro-batch of the step went to `last` (as MB {last: true}): every other member gets no more of
+ * this step in this generation either; DRAIN tells them, so GPU workers can start the bucketed all-reduce. */
+static void drain_others(coord_t *c, const worker_t *last) {
+    jobrun_t *j = c->job;
+    for (int r = 0; r < j->nmembers; r++)
+        if (member(c, r) != last) send_simple(c, member(c, r), MSG_DRAIN, NULL);
+}
+
 static void dispatch(coord_t *c) {
     jobrun_t *j = c->job;
     for (int r = 0; r < j->nmembers; r++) {
@@ -157,7 +172,13 @@ static void dispatch(coord_t *c) {
             j->mbs[k].sent_at = coord_now();
             w->inflight++;
             w->state = W_BUSY;
+            int last = queue_empty(j);
+            if (last) cJSON_AddBoolToObject(b, "last", 1);
             send_simple(c, w, MSG_MB, b);
+            if (last) {
+                drain_others(c, w);
+                return;
+            }
             if (w->unroutable) break; /* gone: coord_settle hands its micro-batches back */
         }
     }

@@ -607,6 +607,7 @@ void *worker_compute_main(void *arg) {
             if (m.generation == k.gen) on_peers(&k, &m);
         }
         else if (m.type == MSG_MB) on_mb(&k, &m);
+        else if (m.type == MSG_DRAIN) LOG_D("compute: DRAIN of step %lld (sums wait for REDUCE)", (long long)m.step);
         else if (m.type == MSG_REDUCE) {
             if (m.generation == k.gen) on_reduce(&k, &m); /* a REDUCE of an older generation is void */
         } else if (m.type == MSG_APPLY) on_apply(&k, &m);

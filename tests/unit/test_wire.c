@@ -42,10 +42,11 @@ static void test_roundtrip(void) {
     CHECK(strcmp(wire_type_name(999), "?") == 0);
     wire_msg_clear(&d);
 
-    /* the replacement-join types (added to version 1) decode with their numbers and names */
+    /* the types added to version 1 (replacement joins, DRAIN) decode with their numbers and names */
     static const struct { int type, num; const char *name; } joins[] = {
-        {MSG_STATE_LOADED, 9, "STATE_LOADED"}, {MSG_STATE_SEND, 43, "STATE_SEND"}, {MSG_STATE_RECV, 44, "STATE_RECV"}};
-    for (int i = 0; i < 3; i++) {
+        {MSG_STATE_LOADED, 9, "STATE_LOADED"}, {MSG_STATE_SEND, 43, "STATE_SEND"}, {MSG_STATE_RECV, 44, "STATE_RECV"},
+        {MSG_DRAIN, 45, "DRAIN"}};
+    for (int i = 0; i < (int)(sizeof joins / sizeof *joins); i++) {
         wire_msg_t j, jd;
         uint8_t *jb;
         size_t jl;
