@@ -55,8 +55,9 @@ typedef struct {
      *  error (LLAVA_ETIMEOUT, LLAVA_EABORTED when abort_fn said so, LLAVA_ECUDA). */
     int (*dev_comm_open)(backend_t *b, const char *id, int rank, int world, uint64_t generation, int timeout_ms,
                          int (*abort_fn)(void *), void *ud);
-    /** Sums the accumulated gradients over the communicator's ranks in place on the device (under ZeRO-1: a
-     *  reduce-scatter, each rank keeping the sum of its shard); *sumsq gets the squared norm of the sum (unscaled).
+    /** Sums the accumulated gradients over the communicator's ranks on the device, out of place (under ZeRO-1: a
+     *  reduce-scatter in place, each rank keeping the sum of its shard), or waits for the buckets dev_reduce_early
+     *  launched; *sumsq gets the squared norm of the sum (unscaled).
      *  Returns as dev_comm_open; after a failure the communicator is closed. */
     int (*dev_allreduce)(backend_t *b, int timeout_ms, int (*abort_fn)(void *), void *ud, double *sumsq);
     /** After apply, when the coordinator's APPLY says a checkpoint or a handover follows: a backend whose
@@ -64,6 +65,13 @@ typedef struct {
      *  checkpoint and state_export see all of it. Every rank of the communicator calls it. Returns 0 at once when
      *  nothing is sharded; errors as dev_comm_open. */
     int (*dev_gather_state)(backend_t *b, int timeout_ms, int (*abort_fn)(void *), void *ud);
+    /** This worker computes no more micro-batches of the step in this generation (MB {last} or DRAIN): the sum
+     *  may start early. arm 1, right before the last run_mb: its backward launches the gradient buckets as they
+     *  fill; arm 0, after it (or on DRAIN, once the queued micro-batches are done): every bucket not launched yet
+     *  goes now. Nothing is waited for (dev_allreduce does). The sum is out of place: the accumulated gradients
+     *  survive a new generation (dev_comm_close drops the pending buckets) for the redo. Returns 0 (also when the
+     *  backend sums at REDUCE only, e.g. ZeRO-1) or an error, after which the communicator is closed. */
+    int (*dev_reduce_early)(backend_t *b, int arm);
     /** Closes the communicator (a new generation, an abort). NULL-safe inside. */
     void (*dev_comm_close)(backend_t *b);
     void (*destroy)(backend_t *b);

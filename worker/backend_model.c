@@ -35,7 +35,8 @@ typedef struct {
 #ifdef LLAVA_HAVE_CUDA
     llava_cuda_t *cuda;
     nccl_comm_t *nccl;       /* this generation's communicator (the coordinator relayed rank 0's id), or NULL */
-    int dev_reduced;         /* the device gradients hold this step's all-reduced sum: apply ignores `g` */
+    int dev_reduced;         /* the device holds this step's all-reduced sum (ZeRO-1: in place, else the sum
+                                buffer, llava_cuda_gsum_device): apply ignores `g` */
     int zero1;               /* train.zero_stage 1: the optimizer state is sharded over the generation's ranks */
     int hang_ms;             /* the job's hang timeout (the collectives of apply wait twice that) */
 #endif
@@ -138,6 +139,7 @@ static int plan_fits(model_backend_t *mb, const cJSON *spec, int recompute, int 
 static void model_release(backend_t *b) {
     model_backend_t *mb = b->impl;
 #ifdef LLAVA_HAVE_CUDA
+    llava_cuda_reduce_cancel(mb->cuda); /* before its communicator closes */
     nccl_comm_close(&mb->nccl, 1000);
     llava_cuda_free(&mb->cuda);
     mb->dev_reduced = 0;
@@ -283,10 +285,11 @@ static int model_apply(backend_t *b, float *g, double scale, double lr, int64_t 
         }
         return rc;
     }
-    if (mb->cuda) {
-        int rc = mb->dev_reduced ? 0 : llava_cuda_grads_upload(mb->cuda, g, n);
+    if (mb->cuda) { /* the NCCL sum is in the device's sum buffer; the ring's in g */
+        int rc = mb->dev_reduced ? llava_cuda_adamw_step_sum(mb->cuda, &mb->adam, scale, grad_norm)
+                                 : llava_cuda_grads_upload(mb->cuda, g, n);
+        if (!rc && !mb->dev_reduced) rc = llava_cuda_adamw_step(mb->cuda, &mb->adam, scale, grad_norm);
         mb->dev_reduced = 0;
-        if (!rc) rc = llava_cuda_adamw_step(mb->cuda, &mb->adam, scale, grad_norm);
         if (rc && mb->zero1)
             snprintf(err, errlen, "train.zero_stage 1 needs NCCL between the GPU workers, but this step was "
                      "all-reduced on the ZeroMQ ring (is a member on the CPU?)");
@@ -304,6 +307,7 @@ static int model_apply(backend_t *b, float *g, double scale, double lr, int64_t 
 static void model_zero(backend_t *b) {
     model_backend_t *mb = b->impl;
 #ifdef LLAVA_HAVE_CUDA
+    llava_cuda_reduce_cancel(mb->cuda); /* buckets in flight would read the gradients being zeroed */
     if (mb->cuda) llava_cuda_grads_zero(mb->cuda);
     mb->dev_reduced = 0;
 #endif
@@ -374,6 +378,7 @@ cleanup:
 
 static void model_dev_comm_close(backend_t *b) {
     model_backend_t *mb = b->impl;
+    llava_cuda_reduce_cancel(mb->cuda); /* early buckets in flight: aborted (their peers may be gone) */
     nccl_comm_close(&mb->nccl, 1000);
 }
 
@@ -417,20 +422,23 @@ cleanup:
     return rc;
 }
 
+/* MB {last} / DRAIN: the step's buckets go early (not under ZeRO-1: its reduce-scatter waits for REDUCE). */
+static int model_dev_reduce_early(backend_t *b, int arm) {
+    int rc = 0;
+    model_backend_t *mb = b->impl;
+    if (!mb->cuda || !mb->nccl || mb->zero1) return 0;
+    RC_CHECK_GOTO(llava_cuda_reduce_early(mb->cuda, mb->nccl, arm, 0));
+cleanup:
+    if (rc) model_dev_comm_close(b);
+    return rc;
+}
+
 static int model_dev_allreduce(backend_t *b, int timeout_ms, int (*abort_fn)(void *), void *ud, double *sumsq) {
     int rc = 0;
     model_backend_t *mb = b->impl;
-    void *d = NULL;
-    size_t n = 0;
-    cuda_dtype_t dt;
     CHECK_GOTO(mb->cuda && mb->nccl, LLAVA_EINVAL, "device all-reduce without a communicator");
-    if (mb->zero1) {
-        RC_CHECK_GOTO(llava_cuda_zero1_reduce(mb->cuda, mb->nccl, timeout_ms, abort_fn, ud, sumsq));
-    } else {
-        RC_CHECK_GOTO(llava_cuda_grads_device(mb->cuda, &d, &n, &dt));
-        RC_CHECK_GOTO(nccl_allreduce(mb->nccl, d, d, n, dt, llava_cuda_stream(mb->cuda), timeout_ms, abort_fn, ud));
-        RC_CHECK_GOTO(llava_cuda_grads_norm_sq(mb->cuda, sumsq));
-    }
+    if (mb->zero1) RC_CHECK_GOTO(llava_cuda_zero1_reduce(mb->cuda, mb->nccl, timeout_ms, abort_fn, ud, sumsq));
+    else RC_CHECK_GOTO(llava_cuda_reduce_finish(mb->cuda, mb->nccl, timeout_ms, abort_fn, ud, sumsq));
     mb->dev_reduced = 1;
 cleanup:
     if (rc) model_dev_comm_close(b); /* aborted or failed: unusable; the next generation opens a new one */
@@ -452,6 +460,7 @@ static const backend_ops_t k_model_ops = {
 #ifdef LLAVA_HAVE_CUDA
     .dev_comm_id = model_dev_comm_id, .dev_comm_open = model_dev_comm_open, .dev_allreduce = model_dev_allreduce,
     .dev_comm_close = model_dev_comm_close, .dev_gather_state = model_dev_gather_state,
+    .dev_reduce_early = model_dev_reduce_early,
 #endif
 };
 

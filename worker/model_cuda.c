@@ -23,6 +23,9 @@ typedef struct { /* what one LLaMA layer saves for its backward (one set per lay
     float *rstd1, *rstd2, *lse;
 } layer_acts_t;
 
+enum { RB_IDLE, RB_ARMED, RB_LAUNCHED };
+#define RB_DEFAULT_BYTES ((size_t)25 << 20) /* PyTorch DDP's default bucket_cap_mb */
+
 struct llava_cuda {
     llava_model_t *m;
     llava_cuda_opts_t o;
@@ -35,11 +38,15 @@ struct llava_cuda {
     float *master;                   /* [n_train] fp32 (bf16 mode), == params in fp32 mode; ZeRO-1: [z.shard] */
     int own_master;                  /* master is its own allocation (not the fp32 weights) */
     void *grads;                     /* [n_train + ZERO1_SLACK] dt (the slack stays zero) */
+    void *gsum;                      /* [n_train] dt: the all-reduced sum, out of place (llava_cuda_gsum_device) */
     float *adam_m, *adam_v;          /* [n_train] fp32; ZeRO-1: [z.shard] */
     zero1_layout_t z;                /* ZeRO-1 layout (z.world == 0: not sharded yet) */
     double z_sumsq;                  /* the last llava_cuda_zero1_reduce's squared norm */
     int host_full;                   /* m's trainable weights and moments are the current whole state */
     nccl_bucketer_t *bk;             /* llava_cuda_set_bucketer: the backward marks each gradient tensor ready */
+    nccl_bucketer_t *rb;             /* llava_cuda_reduce_early's buckets (grads -> gsum) on rb_comm */
+    nccl_comm_t *rb_comm;
+    int rb_state;                    /* RB_IDLE, RB_ARMED (the next backward launches), RB_LAUNCHED */
     train_mode_t mode;
     int have_grads;
     float *stage;                    /* [STAGE_FLOATS] fp32 staging (bf16 mode) */
@@ -170,9 +177,11 @@ static void state_free(llava_cuda_t *g) {
 }
 
 static void grads_free(llava_cuda_t *g) {
+    llava_cuda_reduce_cancel(g); /* its buckets point into the gradients */
     cudaFree(g->grads);
+    cudaFree(g->gsum);
     state_free(g);
-    g->grads = NULL;
+    g->grads = g->gsum = NULL;
     g->have_grads = 0;
     g->n_train = 0;
 }
@@ -729,19 +738,20 @@ cleanup:
     return rc;
 }
 
-int llava_cuda_adamw_step(llava_cuda_t *g, const adamw_opts_t *o, double scale, double *grad_norm) {
+/* Clip and AdamW with the gradients in src (the accumulated ones, or the all-reduced sum); zeroes the accumulator. */
+static int adamw_from(llava_cuda_t *g, const void *src, const adamw_opts_t *o, double scale, double *grad_norm) {
     int rc = 0;
     double nsq = 0;
-    CHECK_GOTO(g->have_grads, LLAVA_EINVAL, "llava_cuda_adamw_step: no gradients (run a backward first)");
+    CHECK_GOTO(g->have_grads && src, LLAVA_EINVAL, "llava_cuda_adamw_step: no gradients (run a backward first)");
     CHECK_GOTO(!g->o.zero1, LLAVA_EINVAL, "llava_cuda_adamw_step: a ZeRO-1 model steps with llava_cuda_zero1_apply");
-    RC_CHECK_GOTO(cuda_global_norm_sq(g->ctx, g->d_f64 + 1, g->grads, (long)g->n_train, 0, g->dt, g->s));
+    RC_CHECK_GOTO(cuda_global_norm_sq(g->ctx, g->d_f64 + 1, src, (long)g->n_train, 0, g->dt, g->s));
     CUDA_CHECK_GOTO(cudaMemcpyAsync(&nsq, g->d_f64 + 1, sizeof nsq, cudaMemcpyDeviceToHost, g->s));
     CUDA_CHECK_GOTO(cudaStreamSynchronize(g->s));
     double norm = sqrt(nsq) * fabs(scale); /* the norm of the scaled gradients, as the CPU step computes it */
     if (grad_norm) *grad_norm = norm;
     float coef = o->max_grad_norm > 0 ? clip_grad_coef(norm, (float)o->max_grad_norm) : 1.0f;
     g->m->adam_t++;
-    RC_CHECK_GOTO(cuda_adamw_update(g->master, g->dt == CUDA_DT_F32 ? NULL : g->params, g->dt, g->grads, g->dt,
+    RC_CHECK_GOTO(cuda_adamw_update(g->master, g->dt == CUDA_DT_F32 ? NULL : g->params, g->dt, src, g->dt,
                                     g->adam_m, g->adam_v, (long)g->n_train, o->lr, o->beta1, o->beta2, o->eps,
                                     o->weight_decay, g->m->adam_t, (float)(scale * coef), g->s));
     RC_CHECK_GOTO(llava_cuda_grads_zero(g));
@@ -749,6 +759,14 @@ int llava_cuda_adamw_step(llava_cuda_t *g, const adamw_opts_t *o, double scale, 
     g->host_full = 0;
 cleanup:
     return rc;
+}
+
+int llava_cuda_adamw_step(llava_cuda_t *g, const adamw_opts_t *o, double scale, double *grad_norm) {
+    return adamw_from(g, g->grads, o, scale, grad_norm);
+}
+
+int llava_cuda_adamw_step_sum(llava_cuda_t *g, const adamw_opts_t *o, double scale, double *grad_norm) {
+    return adamw_from(g, g->gsum, o, scale, grad_norm);
 }
 
 int llava_cuda_state_download(llava_cuda_t *g) {
@@ -806,12 +824,33 @@ cleanup:
     return rc;
 }
 
-int llava_cuda_grads_norm_sq(llava_cuda_t *g, double *out) {
+static int norm_sq(llava_cuda_t *g, const void *buf, double *out) {
     int rc = 0;
-    CHECK_GOTO(g->have_grads, LLAVA_EINVAL, "llava_cuda_grads_norm_sq: no gradients prepared");
-    RC_CHECK_GOTO(cuda_global_norm_sq(g->ctx, g->d_f64 + 1, g->grads, (long)g->n_train, 0, g->dt, g->s));
+    CHECK_GOTO(g->have_grads && buf, LLAVA_EINVAL, "llava_cuda: norm of gradients that are not there");
+    RC_CHECK_GOTO(cuda_global_norm_sq(g->ctx, g->d_f64 + 1, buf, (long)g->n_train, 0, g->dt, g->s));
     CUDA_CHECK_GOTO(cudaMemcpyAsync(out, g->d_f64 + 1, sizeof *out, cudaMemcpyDeviceToHost, g->s));
     CUDA_CHECK_GOTO(cudaStreamSynchronize(g->s));
+cleanup:
+    return rc;
+}
+
+int llava_cuda_grads_norm_sq(llava_cuda_t *g, double *out) { return norm_sq(g, g->grads, out); }
+int llava_cuda_gsum_norm_sq(llava_cuda_t *g, double *out) { return norm_sq(g, g->gsum, out); }
+
+int llava_cuda_gsum_device(llava_cuda_t *g, void **dev) {
+    int rc = 0;
+    CHECK_GOTO(g->have_grads, LLAVA_EINVAL, "llava_cuda_gsum_device: no gradients prepared");
+    if (!g->gsum) CUDA_CHECK_GOTO(cudaMalloc(&g->gsum, g->n_train * g->dts));
+    *dev = g->gsum;
+cleanup:
+    return rc;
+}
+
+int llava_cuda_gsum_download(llava_cuda_t *g, float *host, size_t n) {
+    int rc = 0;
+    CHECK_GOTO(g->gsum && n == g->n_train, LLAVA_EINVAL, "llava_cuda_gsum_download: %zu floats, the sum has %zu",
+               n, g->gsum ? g->n_train : 0);
+    RC_CHECK_GOTO(to_host(g, host, g->gsum, g->dt, n));
 cleanup:
     return rc;
 }
@@ -834,7 +873,8 @@ cleanup:
 
 size_t llava_cuda_bytes(const llava_cuda_t *g) {
     size_t state = g->o.zero1 ? (size_t)g->z.shard : g->n_train;
-    size_t train = g->have_grads ? g->n_train * g->dts + state * (8 + (g->own_master ? 4 : 0)) : 0;
+    size_t train = g->have_grads ? g->n_train * g->dts * (g->gsum ? 2 : 1) + state * (8 + (g->own_master ? 4 : 0))
+                                 : 0;
     return g->bytes_fixed + g->bytes_acts + train;
 }
 
@@ -979,4 +1019,70 @@ cleanup:
     cudaFree(stage);
     free(hstage);
     return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------------------- */
+/* The data-parallel step's all-reduce: out of place, early (buckets) or whole                                */
+
+static int reduce_bucketer(llava_cuda_t *g, nccl_comm_t *c, size_t bucket_elems) {
+    int rc = 0;
+    void *sum = NULL;
+    if (g->rb && g->rb_comm == c) return 0;
+    llava_cuda_reduce_cancel(g); /* a bucketer of an older communicator */
+    RC_CHECK_GOTO(llava_cuda_gsum_device(g, &sum));
+    if (!bucket_elems) bucket_elems = RB_DEFAULT_BYTES / g->dts;
+    RC_CHECK_GOTO(nccl_bucketer_new(&g->rb, c, g->grads, sum, g->n_train, bucket_elems, g->dt, g->s));
+    g->rb_comm = c;
+cleanup:
+    return rc;
+}
+
+int llava_cuda_reduce_early(llava_cuda_t *g, nccl_comm_t *c, int arm, size_t bucket_elems) {
+    int rc = 0;
+    CHECK_GOTO(g->have_grads && c && !g->o.zero1, LLAVA_EINVAL,
+               "llava_cuda_reduce_early: needs gradients, a communicator and no ZeRO-1");
+    RC_CHECK_GOTO(reduce_bucketer(g, c, bucket_elems));
+    if (arm) {
+        CHECK_GOTO(g->rb_state == RB_IDLE, LLAVA_EINVAL, "llava_cuda_reduce_early: the step's buckets already %s",
+                   g->rb_state == RB_ARMED ? "wait for a backward" : "went");
+        g->bk = g->rb;
+        g->rb_state = RB_ARMED;
+        return 0;
+    }
+    if (g->bk == g->rb) g->bk = NULL;
+    g->rb_state = RB_LAUNCHED;
+    RC_CHECK_GOTO(nccl_bucketer_launch_rest(g->rb));
+cleanup:
+    return rc;
+}
+
+int llava_cuda_reduce_finish(llava_cuda_t *g, nccl_comm_t *c, int timeout_ms, nccl_abort_fn abort_fn, void *ud,
+                             double *sumsq) {
+    int rc = 0;
+    void *sum = NULL;
+    CHECK_GOTO(g->have_grads && c && !g->o.zero1, LLAVA_EINVAL,
+               "llava_cuda_reduce_finish: needs gradients, a communicator and no ZeRO-1");
+    RC_CHECK_GOTO(llava_cuda_gsum_device(g, &sum));
+    if (g->rb && g->rb_comm == c && g->rb_state == RB_LAUNCHED) {
+        g->rb_state = RB_IDLE;
+        RC_CHECK_GOTO(nccl_bucketer_finish(g->rb, timeout_ms, abort_fn, ud));
+    } else { /* nothing went early on this communicator: the whole buffer at once */
+        if (g->rb) nccl_bucketer_reset(g->rb);
+        if (g->bk == g->rb) g->bk = NULL;
+        g->rb_state = RB_IDLE;
+        RC_CHECK_GOTO(nccl_allreduce(c, g->grads, sum, g->n_train, g->dt, g->s, timeout_ms, abort_fn, ud));
+    }
+    RC_CHECK_GOTO(llava_cuda_gsum_norm_sq(g, sumsq));
+cleanup:
+    return rc;
+}
+
+void llava_cuda_reduce_cancel(llava_cuda_t *g) {
+    if (!g) return;
+    /* launched buckets may wait for ranks that are gone: abort them (the communicator is unusable afterwards) */
+    if (g->rb_state == RB_LAUNCHED && g->rb_comm) (void)nccl_comm_abort(g->rb_comm);
+    if (g->bk == g->rb) g->bk = NULL;
+    nccl_bucketer_free(&g->rb);
+    g->rb_comm = NULL;
+    g->rb_state = RB_IDLE;
 }

@@ -75,6 +75,20 @@ int llava_cuda_grads_device(llava_cuda_t *g, void **dev, size_t *n, cuda_dtype_t
 /** *out = sum of squares of the device gradients (synchronises). */
 int llava_cuda_grads_norm_sq(llava_cuda_t *g, double *out);
 
+/* The all-reduced sum, out of place: the worker's device all-reduce (whole, or in buckets during the last backward)
+ * writes the sum over the ranks into a second buffer, so the accumulated gradients stay intact when a failure
+ * breaks the all-reduce and the step is redone in a new generation. It doubles the gradient memory. */
+
+/** The sum buffer (dtype, count and layout as llava_cuda_grads_device), allocated on the first call, freed with
+ *  the gradients. Returns 0, LLAVA_EINVAL before grads_prepare or LLAVA_ECUDA. */
+int llava_cuda_gsum_device(llava_cuda_t *g, void **dev);
+/** *out = sum of squares of the sum buffer (synchronises); LLAVA_EINVAL when there is none. */
+int llava_cuda_gsum_norm_sq(llava_cuda_t *g, double *out);
+/** host[n] (fp32) = the sum buffer (n must be the gradient count), for tests. */
+int llava_cuda_gsum_download(llava_cuda_t *g, float *host, size_t n);
+/** As llava_cuda_adamw_step, with the gradients from the sum buffer; the accumulated gradients are zeroed. */
+int llava_cuda_adamw_step_sum(llava_cuda_t *g, const adamw_opts_t *o, double scale, double *grad_norm);
+
 /* ZeRO-1 (opts.zero1). The data-parallel ranks of a generation split the trainable parameters into equal shards
  * (zero1_layout: shard = ceil(n / world), rank r owns [r * shard, r * shard + shard) clipped to n). Each rank keeps
  * fp32 master weights (bf16 mode; in fp32 mode the weights themselves) and AdamW moments of its shard only; the
@@ -110,12 +124,34 @@ int llava_cuda_zero1_gather(llava_cuda_t *g, nccl_comm_t *c, int timeout_ms, ncc
 
 /** Gradient buckets all-reduced while the backward runs: with b set (NULL: off), each following backward marks
  *  every trainable tensor's gradient ready in b (nccl_bucketer_mark_ready, in backward order: LM head, final norm,
- *  layers L-1 .. 0, embeddings, projector) right after the last kernel writing it is enqueued, so full buckets are
- *  all-reduced on b's stream behind an event while earlier layers are still differentiated. b must cover the
- *  device gradient buffer (llava_cuda_grads_device) on llava_cuda_stream; the caller runs nccl_bucketer_finish
- *  after the backward. Use it only for the last micro-batch of a step (the buckets reduce what is accumulated). A
- *  tensor marked twice fails the backward with LLAVA_EINVAL. Returns 0 or LLAVA_EINVAL (no gradients yet). */
+ *  layers L-1 .. 0, embeddings, projector, i.e. from the end of the gradient arena to its front) right after the
+ *  last kernel writing it is enqueued, so full buckets are all-reduced on b's stream behind an event while earlier
+ *  layers are still differentiated. b must send from the device gradient buffer (llava_cuda_grads_device) on
+ *  llava_cuda_stream (into llava_cuda_gsum_device, or in place); the caller runs nccl_bucketer_launch_rest or
+ *  nccl_bucketer_finish after the backward. Use it only for the last micro-batch of a step (the buckets reduce
+ *  what is accumulated). A tensor marked twice fails the backward with LLAVA_EINVAL. Returns 0 or LLAVA_EINVAL (no
+ *  gradients yet). */
 int llava_cuda_set_bucketer(llava_cuda_t *g, nccl_bucketer_t *b);
+
+/* The step's all-reduce of a data-parallel worker (not under ZeRO-1), out of place into the sum buffer, overlapped
+ * with the backward when the worker knows its last micro-batch of the step. Every rank of c must issue the same
+ * collectives: either all call llava_cuda_reduce_early (armed before their last backward, or not) before
+ * llava_cuda_reduce_finish on c, or none does (the buckets go in the fixed order of nccl_bucketer). */
+
+/** This rank computes no more micro-batches of the step. arm 1 (before its last backward): that backward launches
+ *  the gradient buckets (bucket_elems elements each, 0: 25 MiB) as they fill; arm 0 (after that backward, or with
+ *  no backward left): launches every bucket not launched yet. Waits for nothing. Returns 0, LLAVA_EINVAL (armed
+ *  twice, ZeRO-1, no gradients), LLAVA_ENOMEM, LLAVA_ECUDA or LLAVA_ETIMEOUT. */
+int llava_cuda_reduce_early(llava_cuda_t *g, nccl_comm_t *c, int arm, size_t bucket_elems);
+/** Waits for the early buckets on c, or, when none went on c, all-reduces the whole gradient buffer into the sum
+ *  buffer; *sumsq = the squared norm of the sum (unscaled). The accumulated gradients are left as they are (the
+ *  optimizer step reads the sum: llava_cuda_adamw_step_sum). Returns as nccl_allreduce (after a failure c is
+ *  aborted: close it). */
+int llava_cuda_reduce_finish(llava_cuda_t *g, nccl_comm_t *c, int timeout_ms, nccl_abort_fn abort_fn, void *ud,
+                             double *sumsq);
+/** Drops the step's early buckets (a new generation, a job release): aborts their communicator when buckets were
+ *  launched and not waited for (call it before closing that communicator). NULL-safe. */
+void llava_cuda_reduce_cancel(llava_cuda_t *g);
 
 /** host[n] (fp32) = the first n device weights (n <= the parameter count), as the forward reads them (bf16 values
  *  in bf16 mode); for tests of the weight all-gather. Returns 0, LLAVA_EINVAL or LLAVA_ECUDA. */

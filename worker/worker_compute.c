@@ -1,7 +1,8 @@
 /* The worker's compute thread: loads jobs into the backend, runs micro-batches, all-reduces the step's gradients
- * (ring over ZeroMQ), applies the optimizer when the coordinator has committed the step, and writes checkpoints
- * atomically (temp dir, fsync, rename, then the "latest" pointer). The accumulated gradients are copied before the
- * all-reduce, so an all-reduce broken by a failure leaves them intact for the redo.
+ * (ring over ZeroMQ, or NCCL on GPU workers, started early in buckets after MB {last} / DRAIN), applies the
+ * optimizer when the coordinator has committed the step, and writes checkpoints atomically (temp dir, fsync,
+ * rename, then the "latest" pointer). The all-reduce is out of place (the ring sums a copy, NCCL into a second
+ * device buffer), so an all-reduce broken by a failure leaves the accumulated gradients intact for the redo.
  * Tested by tests/integration/coordinator_*.sh. */
 #define _XOPEN_SOURCE 700
 #include <dirent.h>
@@ -38,6 +39,7 @@ typedef struct {
     int64_t fence_at_gen;
     void *state_sock; /* a joining worker's PULL endpoint for the training state */
     int dev_comm;     /* this generation all-reduces on the device (NCCL id relayed with the peers) */
+    int early_rc;     /* the early (bucketed) all-reduce of this generation failed: REDUCE reports it */
 } compute_t;
 
 static void reply(compute_t *k, int type, int64_t step, cJSON *body) {
@@ -270,7 +272,8 @@ static void on_generation(compute_t *k, const wire_msg_t *m) {
     comm_destroy(&k->comm); /* also releases any piece of a broken all-reduce still pointing into rbuf */
     const backend_ops_t *ops = k->x->backend->ops;
     if (ops->dev_comm_close) ops->dev_comm_close(k->x->backend);
-    k->dev_comm = 0;
+    k->dev_comm = 0; /* closing it dropped any early buckets: the accumulated gradients are intact */
+    k->early_rc = 0;
     k->gen = m->generation;
     k->fence_at_gen = atomic_load(&k->x->fence);
     k->reduced = 0;
@@ -337,6 +340,25 @@ static void on_peers(compute_t *k, const wire_msg_t *m) {
     }
 }
 
+/* MB {last} and DRAIN of the current generation (the coordinator sends them to every member at once, so either
+ * every rank has its communicator open when it handles them or none has): the sum may start early. CPU workers,
+ * the ring and the sim backend do nothing here; REDUCE sums as always. */
+static int early_ok(const compute_t *k, const wire_msg_t *m) {
+    return m->generation == k->gen && k->dev_comm && k->x->backend->ops->dev_reduce_early && !k->early_rc;
+}
+
+static void reduce_early(compute_t *k, int arm) {
+    int rc = k->x->backend->ops->dev_reduce_early(k->x->backend, arm);
+    if (!rc) return;
+    LOG_W("generation %u: the early all-reduce failed: %s (reported at REDUCE)", k->gen, err_str(rc));
+    k->early_rc = rc;
+    k->dev_comm = 0; /* the backend closed it */
+}
+
+static void on_drain(compute_t *k, const wire_msg_t *m) {
+    if (early_ok(k, m)) reduce_early(k, 0);
+}
+
 static void on_mb(compute_t *k, const wire_msg_t *m) {
     int64_t *samples = NULL;
     int64_t n = wire_get_i64_array(m->body, "samples", 1 << 20, &samples);
@@ -347,6 +369,8 @@ static void on_mb(compute_t *k, const wire_msg_t *m) {
     }
     mb_result_t r;
     char err[512] = "";
+    int last = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(m->body, "last")) && early_ok(k, m);
+    if (last) reduce_early(k, 1); /* this backward launches the buckets as they fill */
     int rc = k->x->backend->ops->run_mb(k->x->backend, samples, (int)n, &r, err, sizeof err);
     free(samples);
     atomic_fetch_add(&k->x->progress, 1);
@@ -360,6 +384,7 @@ static void on_mb(compute_t *k, const wire_msg_t *m) {
     cJSON_AddNumberToObject(b, "n_targets", (double)r.n_targets);
     cJSON_AddNumberToObject(b, "tokens", (double)r.tokens);
     reply(k, MSG_MB_DONE, m->step, b);
+    if (last && k->dev_comm) reduce_early(k, 0); /* the buckets the backward left (ranges it did not touch) */
 }
 
 static void on_reduce(compute_t *k, const wire_msg_t *m) {
@@ -387,7 +412,9 @@ static void on_reduce(compute_t *k, const wire_msg_t *m) {
     }
     double dev_ss = 0;
     int rc;
-    if (k->dev_comm) { /* NCCL on the device gradients: no host copy, no ring */
+    if (k->early_rc) { /* its buckets broke: report as a broken all-reduce (the next generation redoes it) */
+        rc = k->early_rc;
+    } else if (k->dev_comm) { /* NCCL on the device gradients: no host copy, no ring */
         rc = k->x->backend->ops->dev_allreduce(k->x->backend, 2 * k->hang_timeout_ms, aborted, k, &dev_ss);
         if (rc) k->dev_comm = 0; /* the backend closed it */
     } else {
@@ -607,7 +634,7 @@ void *worker_compute_main(void *arg) {
             if (m.generation == k.gen) on_peers(&k, &m);
         }
         else if (m.type == MSG_MB) on_mb(&k, &m);
-        else if (m.type == MSG_DRAIN) LOG_D("compute: DRAIN of step %lld (sums wait for REDUCE)", (long long)m.step);
+        else if (m.type == MSG_DRAIN) on_drain(&k, &m);
         else if (m.type == MSG_REDUCE) {
             if (m.generation == k.gen) on_reduce(&k, &m); /* a REDUCE of an older generation is void */
         } else if (m.type == MSG_APPLY) on_apply(&k, &m);

@@ -84,7 +84,9 @@ static void plan_fill(const llava_config_t *c, const memplan_opts_t *o, memplan_
     /* ZeRO-1 (as DeepSpeed stage 1): fp32 master and both moments exist only for this rank's 1/W shard; the full
      * gradient is all-reduced (or reduce-scattered in place), the updated shard all-gathered into the weights */
     p->master = o->precision == MEMPLAN_BF16 ? ntr * 4.0 / W : 0.0;
-    p->grads = ntr * es;
+    /* without sharding the worker sums out of place into a second buffer (the accumulated gradients survive a
+     * broken all-reduce); the ZeRO-1 reduce-scatter runs in place */
+    p->grads = ntr * es * (W > 1 ? 1.0 : 2.0);
     p->adam = ntr * 8.0 / W;
 
     double per_tok = llm_layer_saved_per_token(t, es);
@@ -175,7 +177,8 @@ void memplan_print(const memplan_t *p, FILE *f) {
     fprintf(f, "  %-22s %13s %7s\n", "item", "per GPU", "device");
     row(f, "weights", p->weights, dev, o->precision == MEMPLAN_BF16 ? "bf16, all parameters" : "fp32, all parameters");
     row(f, "master weights", p->master, dev, "fp32, trainable / zero1");
-    row(f, "gradients", p->grads, dev, "trainable, full (reduce-scattered in place)");
+    row(f, "gradients", p->grads, dev, o->zero_world > 1 ? "trainable, full (reduce-scattered in place)"
+                                                          : "trainable, full, x2 (summed out of place)");
     row(f, "adam moments", p->adam, dev, "fp32 m + v, trainable / zero1");
     row(f, "activations saved", p->act_saved, dev, o->recompute ? "layer inputs only (recompute)" : "all layers");
     row(f, "activations peak", p->act_peak, dev, "one layer + its gradients");

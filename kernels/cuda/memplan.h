@@ -38,7 +38,8 @@ typedef struct {
     /* bytes per GPU */
     double weights;      /* every parameter in the compute dtype (bf16 or fp32) */
     double master;       /* fp32 master copy of the trainable shard (0 in FP32 mode: the weights are the master) */
-    double grads;        /* full gradient of the trainable parameters (compute dtype), before reduce-scatter */
+    double grads;        /* full gradient of the trainable parameters (compute dtype), before reduce-scatter;
+                            twice that without ZeRO-1 (zero_world 1: the all-reduce's sum buffer, out of place) */
     double adam;         /* fp32 m and v of the local shard (trainable / zero_world) */
     double act_saved;    /* LLM activations kept for backward (all layers) */
     double act_peak;     /* transient: one layer's full activations (recomputed or current) + their gradients */

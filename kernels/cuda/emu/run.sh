@@ -6,8 +6,9 @@
 # "model" runs tests/cuda/test_model_cuda.c (the whole GPU model, worker/model_cuda.c, on the transformers fixtures)
 # with matmul_emu.c (host loops) standing in for the cuBLASLt matmuls; every other op is the emulated kernel.
 # "zero1" runs tests/cuda/test_model_zero1.c (ZeRO-1 of the GPU model, 1-4 ranks) and "buckets"
-# tests/cuda/test_model_buckets.c (2 ranks) with nccl_comm.cu compiled against a fake NCCL (nccl_emu.cpp: the ranks
-# are threads of one process, sums in rank order).
+# tests/cuda/test_model_buckets.c (2 ranks) and "overlap" tests/cuda/test_model_overlap.c (the worker's early
+# all-reduce after MB {last} / DRAIN, with generation changes; 2 ranks) with nccl_comm.cu compiled against a fake
+# NCCL (nccl_emu.cpp: the ranks are threads of one process, sums in rank order; collectives are synchronous).
 # Usage: kernels/cuda/emu/run.sh [test ...]   (from anywhere; needs g++, gcc, perl, OpenBLAS, OpenMP, cJSON)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,9 +32,9 @@ gcc -std=c11 -O2 -I"$root" -D_GNU_SOURCE -c "$root/common/err.c" -o "$work/err.o
 gcc -std=c11 -O2 -I"$root" -D_GNU_SOURCE -c "$root/common/tensor.c" -o "$work/tensor.o"
 fail=0
 for t in "${tests[@]}"; do
-  if [ "$t" = zero1 ] || [ "$t" = buckets ]; then
+  if [ "$t" = zero1 ] || [ "$t" = buckets ] || [ "$t" = overlap ]; then
     # multi-rank tests of the GPU model (ranks as threads): nccl_comm.cu against a fake NCCL (nccl_emu.cpp)
-    tf=test_model_$t; ranks=7; [ "$t" = buckets ] && ranks=2
+    tf=test_model_$t; ranks=7; [ "$t" = zero1 ] || ranks=2
     zobjs=()
     for k in nccl_comm zero1; do
       perl "$here/prep.pl" "$root/kernels/cuda/$k.cu" "$work/$k.cpp"
