@@ -3,7 +3,7 @@
  * optimizer when the coordinator has committed the step, and writes checkpoints atomically (temp dir, fsync,
  * rename, then the "latest" pointer). The all-reduce is out of place (the ring sums a copy, NCCL into a second
  * device buffer), so an all-reduce broken by a failure leaves the accumulated gradients intact for the redo.
- * Tested by tests/integration/coordinator_*.sh. */
+ * Tested by tests/integration/test_cluster_*.c and tests/unit/test_worker_early.c (MB {last} / DRAIN). */
 #define _XOPEN_SOURCE 700
 #include <dirent.h>
 #include <errno.h>
