@@ -1077,6 +1077,8 @@ cleanup:
     return rc;
 }
 
+int llava_cuda_reduce_launched(const llava_cuda_t *g) { return g->rb ? nccl_bucketer_launched(g->rb) : 0; }
+
 void llava_cuda_reduce_cancel(llava_cuda_t *g) {
     if (!g) return;
     /* launched buckets may wait for ranks that are gone: abort them (the communicator is unusable afterwards) */

@@ -149,6 +149,8 @@ int llava_cuda_reduce_early(llava_cuda_t *g, nccl_comm_t *c, int arm, size_t buc
  *  aborted: close it). */
 int llava_cuda_reduce_finish(llava_cuda_t *g, nccl_comm_t *c, int timeout_ms, nccl_abort_fn abort_fn, void *ud,
                              double *sumsq);
+/** Buckets of the step launched so far by llava_cuda_reduce_early (for tests and logs). */
+int llava_cuda_reduce_launched(const llava_cuda_t *g);
 /** Drops the step's early buckets (a new generation, a job release): aborts their communicator when buckets were
  *  launched and not waited for (call it before closing that communicator). NULL-safe. */
 void llava_cuda_reduce_cancel(llava_cuda_t *g);

@@ -26,6 +26,7 @@ typedef struct {
     int W, rank, device;
     const unsigned char *uid[4]; /* one communicator per generation */
     int rc, nbad[3], nchanged[3];
+    int during[2], nbuckets; /* buckets launched by the armed backward (cases 1 and 3; -1: not armed) */
     size_t n;
 } rank_t;
 
@@ -45,13 +46,16 @@ static int fb(ctx_t *x, train_mode_t mode, int accumulate) {
     return llava_cuda_forward_backward(x->g, &x->b, mode, &loss, &nt, accumulate);
 }
 
-/* The rank's micro-batches of a step: k of them, the last armed when `last`, then the rest of the buckets. */
-static int compute(ctx_t *x, rank_t *a, nccl_comm_t *c, int k, int last) {
+/* The rank's micro-batches of a step: k of them, the last armed when `last`, then the rest of the buckets;
+ * *during (may be NULL) gets the buckets the armed backward launched. */
+static int compute(ctx_t *x, rank_t *a, nccl_comm_t *c, int k, int last, int *during) {
     int rc = 0;
+    if (during) *during = -1;
     for (int i = 0; i < k; i++) {
         if (last && i == k - 1) RC_CHECK_GOTO(llava_cuda_reduce_early(x->g, c, 1, x->be));
         RC_CHECK_GOTO(fb(x, a->mode, 1));
     }
+    if (last && during) *during = llava_cuda_reduce_launched(x->g);
     RC_CHECK_GOTO(llava_cuda_reduce_early(x->g, c, 0, x->be)); /* after the last backward, or DRAIN */
 cleanup:
     return rc;
@@ -116,6 +120,7 @@ static void *rank_main(void *p) {
     a->n = x.n;
     x.dts = cuda_dtype_size(dt);
     x.be = x.n / 7 + 3; /* several buckets per tensor and tensors across buckets */
+    a->nbuckets = (int)((x.n + x.be - 1) / x.be);
     x.acc = malloc(x.n * sizeof(float));
     x.sum = malloc(x.n * x.dts);
     x.ref = malloc(x.n * x.dts);
@@ -128,13 +133,13 @@ static void *rank_main(void *p) {
     /* (1) generation 1: rank 0 gets MB {last}, the others DRAIN after their micro-batches; then REDUCE */
     RC_CHECK_GOTO(nccl_comm_open(&c, a->uid[0], a->W, a->rank, a->device, 1, TIMEOUT_MS, NULL, NULL));
     RC_CHECK_GOTO(llava_cuda_grads_zero(x.g));
-    RC_CHECK_GOTO(compute(&x, a, c, mine, a->rank == 0));
+    RC_CHECK_GOTO(compute(&x, a, c, mine, a->rank == 0, &a->during[0]));
     RC_CHECK_GOTO(reduce_check(&x, c, &a->nbad[0]));
     a->nchanged[0] = changed(&x); /* out of place: the sum did not touch them */
 
     /* (2) a member dies between DRAIN and REDUCE: the buckets went (the same gradients again, all at once as after
      * DRAIN); GENERATION drops them before REDUCE */
-    RC_CHECK_GOTO(compute(&x, a, c, 0, 0));
+    RC_CHECK_GOTO(compute(&x, a, c, 0, 0, NULL));
     llava_cuda_reduce_cancel(x.g); /* what dev_comm_close does on GENERATION */
     nccl_comm_close(&c, 10000);
     a->nchanged[1] = changed(&x);
@@ -143,12 +148,12 @@ static void *rank_main(void *p) {
 
     /* (3) as (2), and the dead member's micro-batch is re-queued to the last rank (drained before): it is its
      * last in generation 3, everyone else DRAINs again */
-    RC_CHECK_GOTO(compute(&x, a, c, 0, 0));
+    RC_CHECK_GOTO(compute(&x, a, c, 0, 0, NULL));
     llava_cuda_reduce_cancel(x.g);
     nccl_comm_close(&c, 10000);
     a->nchanged[2] = changed(&x);
     RC_CHECK_GOTO(nccl_comm_open(&c, a->uid[2], a->W, a->rank, a->device, 3, TIMEOUT_MS, NULL, NULL));
-    RC_CHECK_GOTO(compute(&x, a, c, a->rank == a->W - 1 ? 1 : 0, a->rank == a->W - 1));
+    RC_CHECK_GOTO(compute(&x, a, c, a->rank == a->W - 1 ? 1 : 0, a->rank == a->W - 1, &a->during[1]));
     RC_CHECK_GOTO(reduce_check(&x, c, &a->nbad[2]));
 cleanup:
     a->rc = rc;
@@ -180,10 +185,18 @@ static void run(const char *dir, const char *name, cuda_dtype_t dt, train_mode_t
         if (rk[r].rc) continue;
         printf("  %s %s %s W=%d rank %d: %zu gradients; sum == one all-reduce after the backward: overlapped step "
                "%d differ, generation change between DRAIN and REDUCE %d differ, re-queued last micro-batch %d "
-               "differ; accumulated gradients changed by the sums: %d, %d, %d\n", name,
+               "differ; accumulated gradients changed by the sums: %d, %d, %d; buckets launched by the armed backward "
+               "(-1: not armed) %d, %d of %d\n", name,
                dt == CUDA_DT_F32 ? "fp32" : "bf16", mode == TRAIN_ALL ? "all" : "projector", W, r, rk[r].n,
                rk[r].nbad[0], rk[r].nbad[1], rk[r].nbad[2], rk[r].nchanged[0], rk[r].nchanged[1],
-               rk[r].nchanged[2]);
+               rk[r].nchanged[2], rk[r].during[0], rk[r].during[1], rk[r].nbuckets);
+        /* the fixture batch has images and targets: the armed backward marks every gradient, so every bucket
+         * goes during it */
+        for (int s = 0; s < 2; s++) {
+            int armed = r == (s ? W - 1 : 0); /* case 1: rank 0 has the last micro-batch; case 3: rank W - 1 */
+            CHECKF(rk[r].during[s] == (armed ? rk[r].nbuckets : -1), "rank %d: the %sarmed backward of case %d "
+                   "launched %d of %d buckets", r, armed ? "" : "not ", s ? 3 : 1, rk[r].during[s], rk[r].nbuckets);
+        }
         for (int s = 0; s < 3; s++)
             CHECKF(rk[r].nbad[s] == 0, "rank %d case %d: %d sums differ", r, s + 1, rk[r].nbad[s]);
         for (int s = 0; s < 3; s++)
