@@ -12,7 +12,7 @@
 #include "common/err.h"
 #include "kernels/cpu/ops.h"
 #include "worker/model_llava.h"
-#include "worker/omp_policy.h"
+#include "worker/runtime_env.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -42,7 +42,7 @@ static double step_flops(const llava_config_t *c, int B, int T, int n_img, int r
 }
 
 int main(int argc, char **argv) {
-    omp_policy_ensure_passive(argv);
+    runtime_env_ensure(argv);
     int threads = 2, steps = 3, inter = 1376;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (strcmp(argv[i], "--threads") == 0) threads = atoi(argv[i + 1]);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One LLaVA training step, C (bench_step) vs PyTorch + transformers (bench_step.py), same config, same threads,
 # in the same run. PyTorch runs twice, with libgomp's default wait policy and with OMP_WAIT_POLICY=PASSIVE (the C
-# program sets PASSIVE for itself, see worker/omp_policy.h); the ratio is against the faster of the two.
+# program sets PASSIVE for itself, see worker/runtime_env.h); the ratio is against the faster of the two.
 # Prints each result line, the time ratio (C / PyTorch; target <= 0.7) and the peak-RSS ratio (target <= 1).
 # Usage: bash bench/bench_step.sh [BUILD_DIR] [THREADS] [STEPS]   (defaults: build, 2, 5)
 set -euo pipefail

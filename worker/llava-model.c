@@ -11,7 +11,7 @@
 #include "kernels/cpu/ops.h"
 #include "worker/batchfile.h"
 #include "worker/model_llava.h"
-#include "worker/omp_policy.h"
+#include "worker/runtime_env.h"
 #ifdef LLAVA_HAVE_CUDA
 #include "kernels/cuda/memplan.h"
 #endif
@@ -153,7 +153,7 @@ cleanup:
 }
 
 int main(int argc, char **argv) {
-    omp_policy_ensure_passive(argv);
+    runtime_env_ensure(argv);
     log_set_role("llava-model", -1);
     if (argc < 2) {
         usage_main(stderr);

@@ -10,7 +10,7 @@
 #include "common/err.h"
 #include "common/mpilaunch.h"
 #include "worker/backend.h"
-#include "worker/omp_policy.h"
+#include "worker/runtime_env.h"
 #include "worker/worker.h"
 
 static volatile sig_atomic_t g_stop = 0; /* set by the signal handler; owned by main */
@@ -41,7 +41,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-    omp_policy_ensure_passive(argv); /* idle OpenMP threads must not spin against OpenBLAS (30% of a step) */
+    runtime_env_ensure(argv); /* passive OpenMP threads, the OpenBLAS kernels this CPU can run */
     log_set_role("worker", -1);
     worker_config_t cfg = {.coordinator = getenv("LLAVA_COORDINATOR"), .backend = "model", .device = "cpu",
                            .bind_host = "127.0.0.1", .threads = 1};
