@@ -18,6 +18,7 @@
 #include "common/err.h"
 #include "common/wire.h"
 #include "coordinator/client.h"
+#include "tests/coord_spawn.h"
 #include "tests/test.h"
 
 static char g_bin[1024], g_tmp[512];
@@ -45,32 +46,13 @@ static inline int cluster_start(cluster_t *c, const char *name, int workers, con
     snprintf(c->state, sizeof c->state, "%s/state-%s", g_tmp, name);
     snprintf(epfile, sizeof epfile, "%s.endpoint", c->state);
     snprintf(nw, sizeof nw, "%d", workers);
-    unlink(epfile);
-    char bindbuf[256];
-    snprintf(bindbuf, sizeof bindbuf, "%s", bind ? bind : "tcp://127.0.0.1:*");
-    char exe[1100], wexe[1100];
-    snprintf(exe, sizeof exe, "%s/llava-coordinator", g_bin);
+    char wexe[1100], logp[700];
     snprintf(wexe, sizeof wexe, "%s/llava-worker", g_bin);
-    c->pid = fork();
-    if (c->pid == 0) {
-        char logp[700];
-        snprintf(logp, sizeof logp, "%s.log", c->state);
-        FILE *lf = freopen(logp, "a", stderr); /* the daemons' logs, printed when a check fails */
-        (void)lf;
-        execl(exe, exe, "--bind", bindbuf, "--state", c->state, "--spawn-workers", nw, "--worker-exe",
-              wexe, "--worker-args", CLUSTER_WORKER_ARGS, "--endpoint-file", epfile, (char *)NULL);
-        _exit(127);
-    }
-    c->ep[0] = 0;
-    for (int i = 0; i < 200 && !c->ep[0]; i++) {
-        sleep_ms(50);
-        FILE *f = fopen(epfile, "r");
-        if (f) {
-            if (!fgets(c->ep, sizeof c->ep, f)) c->ep[0] = 0;
-            fclose(f);
-            c->ep[strcspn(c->ep, "\n")] = 0;
-        }
-    }
+    snprintf(logp, sizeof logp, "%s.log", c->state);
+    const char *args[] = {"--bind", bind ? bind : "tcp://127.0.0.1:*", "--state", c->state, "--spawn-workers", nw,
+                          "--worker-exe", wexe, "--worker-args", CLUSTER_WORKER_ARGS, "--endpoint-file", epfile,
+                          NULL};
+    c->pid = coord_spawn(g_bin, args, epfile, logp, c->ep, sizeof c->ep);
     if (!c->ep[0]) return -1;
     return client_open(c->ep, &c->cl);
 }

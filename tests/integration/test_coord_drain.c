@@ -17,6 +17,7 @@
 #include "common/wire.h"
 #include "coordinator/client.h"
 #include "tests/sim_dataset.h"
+#include "tests/coord_spawn.h"
 #include "tests/test.h"
 
 #define NW 3
@@ -149,30 +150,13 @@ static void pump(fake_t *f, double seconds) {
 }
 
 static pid_t start_coordinator(char *ep, size_t eplen) {
-    char state[700], epfile[700], exe[1100], logp[700];
+    char state[700], epfile[700], logp[700];
     snprintf(state, sizeof state, "%s/state", g_tmp);
     snprintf(epfile, sizeof epfile, "%s/endpoint", g_tmp);
     snprintf(logp, sizeof logp, "%s/coordinator.log", g_tmp);
-    snprintf(exe, sizeof exe, "%s/llava-coordinator", g_bin);
-    pid_t pid = fork();
-    if (pid == 0) {
-        FILE *lf = freopen(logp, "a", stderr);
-        (void)lf;
-        execl(exe, exe, "--bind", "tcp://127.0.0.1:*", "--state", state, "--endpoint-file", epfile, "--mb-inflight",
-              "1", (char *)NULL);
-        _exit(127);
-    }
-    ep[0] = 0;
-    for (int i = 0; i < 200 && !ep[0]; i++) {
-        usleep(50000);
-        FILE *f = fopen(epfile, "r");
-        if (f) {
-            if (!fgets(ep, (int)eplen, f)) ep[0] = 0;
-            fclose(f);
-            ep[strcspn(ep, "\n")] = 0;
-        }
-    }
-    return pid;
+    const char *args[] = {"--bind", "tcp://127.0.0.1:*", "--state", state, "--endpoint-file", epfile,
+                          "--mb-inflight", "1", NULL};
+    return coord_spawn(g_bin, args, epfile, logp, ep, eplen);
 }
 
 /* Checks one (step, generation) in which the step's end was announced; returns 1 when it was. */
