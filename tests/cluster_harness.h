@@ -19,6 +19,7 @@
 #include "common/wire.h"
 #include "coordinator/client.h"
 #include "tests/coord_spawn.h"
+#include "tests/ledger_check.h"
 #include "tests/test.h"
 
 static char g_bin[1024], g_tmp[512];
@@ -169,25 +170,8 @@ static inline int ledger_losses(cluster_t *c, uint64_t job, double *loss, int *s
     cJSON_AddNumberToObject(b, "to", -1);
     char err[512];
     if (client_request(c->cl, MSG_LEDGER, 0, b, 20000, &r, err, sizeof err)) return -1;
-    static int seen[EPOCHS][N_SAMPLES];
-    memset(seen, 0, sizeof seen);
-    int n = 0, bad = 0;
-    const cJSON *e, *mb, *s;
-    cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(r, "steps")) {
-        int64_t step = wire_get_i64(e, "step", -1), epoch = wire_get_i64(e, "epoch", -1);
-        if (step != n || epoch < 0 || epoch >= EPOCHS) bad++;
-        if (n < STEPS) loss[n] = wire_get_num(e, "loss", -1);
-        cJSON_ArrayForEach(mb, cJSON_GetObjectItemCaseSensitive(e, "mbs")) cJSON_ArrayForEach(s, mb) {
-            int64_t i = (int64_t)s->valuedouble;
-            if (i < 0 || i >= N_SAMPLES || epoch < 0 || epoch >= EPOCHS) bad++;
-            else seen[epoch][i]++;
-        }
-        n++;
-    }
+    int bad = ledger_check(cJSON_GetObjectItemCaseSensitive(r, "steps"), loss, steps);
     cJSON_Delete(r);
-    for (int ep = 0; ep < EPOCHS; ep++)
-        for (int i = 0; i < N_SAMPLES; i++) bad += seen[ep][i] != 1;
-    *steps = n;
     return bad;
 }
 

@@ -26,6 +26,8 @@
 #define EPOCHS 2
 #define STEPS (EPOCHS * N_SAMPLES / GLOBAL_BATCH)
 
+#include "tests/ledger_check.h" /* uses N_SAMPLES, EPOCHS, STEPS */
+
 static char g_bin[1024], g_src[1024], g_tmp[512];
 
 static double now_s(void) {
@@ -148,25 +150,8 @@ static int ledger_losses(const char *state_dir, double *loss, int *steps) {
     int rc = state_ledger_range(st, 1, 0, -1, &r);
     state_close(&st);
     if (rc) return -1;
-    static int seen[EPOCHS][N_SAMPLES];
-    memset(seen, 0, sizeof seen);
-    int n = 0, bad = 0;
-    const cJSON *e, *mb, *s;
-    cJSON_ArrayForEach(e, r) {
-        int64_t step = wire_get_i64(e, "step", -1), epoch = wire_get_i64(e, "epoch", -1);
-        if (step != n || epoch < 0 || epoch >= EPOCHS) bad++;
-        if (n < STEPS) loss[n] = wire_get_num(e, "loss", -1);
-        cJSON_ArrayForEach(mb, cJSON_GetObjectItemCaseSensitive(e, "mbs")) cJSON_ArrayForEach(s, mb) {
-            int64_t i = (int64_t)s->valuedouble;
-            if (i < 0 || i >= N_SAMPLES || epoch < 0 || epoch >= EPOCHS) bad++;
-            else seen[epoch][i]++;
-        }
-        n++;
-    }
+    int bad = ledger_check(r, loss, steps);
     cJSON_Delete(r);
-    for (int ep = 0; ep < EPOCHS; ep++)
-        for (int i = 0; i < N_SAMPLES; i++) bad += seen[ep][i] != 1;
-    *steps = n;
     return bad;
 }
 
