@@ -60,7 +60,11 @@ typedef struct {
     shape_t s[MAX_SHAPES]; /* sorted by position */
 } scene_t;
 
-static void scene_draw_random(rng_t *r, int size, scene_t *sc) {
+/* jitter (0-100) sets how much shapes vary: at 0 each is drawn at 0.40 of a quadrant's side (radius), centred in its
+ * quadrant; at 100 (synth v2) radii span 0.28-0.42 and centres move up to 80% of the free room. The rng draws are the
+ * same at every jitter, so only the geometry changes. */
+static void scene_draw_random(rng_t *r, int size, int jitter, scene_t *sc) {
+    double jit = jitter / 100.0;
     int kinds[N_KINDS] = {0, 1, 2, 3}, colors[N_COLORS] = {0, 1, 2, 3}, pos[N_POS] = {0, 1, 2, 3};
     rng_shuffle(r, kinds, N_KINDS);
     rng_shuffle(r, colors, N_COLORS);
@@ -82,10 +86,10 @@ static void scene_draw_random(rng_t *r, int size, scene_t *sc) {
         s->kind = kinds[i];
         s->color = colors[i];
         s->pos = order[i];
-        s->r = q * (0.28 + 0.14 * rng_unit(r));
+        s->r = q * (0.40 - 0.12 * jit + 0.14 * jit * rng_unit(r));
         double slack = q / 2 - s->r;
-        s->cx = (s->pos % 2) * q + q / 2 + (2 * rng_unit(r) - 1) * slack * 0.8;
-        s->cy = (s->pos / 2) * q + q / 2 + (2 * rng_unit(r) - 1) * slack * 0.8;
+        s->cx = (s->pos % 2) * q + q / 2 + (2 * rng_unit(r) - 1) * slack * 0.8 * jit;
+        s->cy = (s->pos / 2) * q + q / 2 + (2 * rng_unit(r) - 1) * slack * 0.8 * jit;
         s->box[0] = (s->cx - s->r) / size;
         s->box[1] = (s->cy - s->r) / size;
         s->box[2] = (s->cx + s->r) / size;
@@ -425,7 +429,8 @@ int synth_run(const synth_opts_t *o) {
     cJSON *pre = NULL, *ins = NULL, *mc = NULL, *ans = NULL, *shapes = NULL;
     FILE *corpus = NULL;
     str_t q = {0}, a = {0}, t = {0};
-    CHECK_GOTO(o->out_dir && strlen(o->out_dir) < 4000 && o->n >= 1 && o->n_test >= 0 && o->image_size >= 8 && o->image_size <= 4096,
+    CHECK_GOTO(o->out_dir && strlen(o->out_dir) < 4000 && o->n >= 1 && o->n_test >= 0 && o->image_size >= 8 && o->image_size <= 4096 &&
+                   o->jitter >= 0 && o->jitter <= 100,
                LLAVA_EINVAL, "synth: need --out, --n >= 1, --image-size in [8, 4096]");
     CHECK_GOTO(mkdir(o->out_dir, 0755) == 0 || errno == EEXIST, LLAVA_EIO, "%s: %s", o->out_dir, strerror(errno));
     snprintf(path, sizeof path, "%s/images", o->out_dir);
@@ -446,7 +451,7 @@ int synth_run(const synth_opts_t *o) {
     for (int i = 0; i < o->n + o->n_test; i++) {
         int test = i >= o->n, k = test ? i - o->n : i;
         scene_t sc;
-        scene_draw_random(&r, o->image_size, &sc);
+        scene_draw_random(&r, o->image_size, o->jitter, &sc);
         scene_render(&sc, o->image_size, rgb);
         snprintf(img, sizeof img, "images/%s-%06d.png", test ? "test" : "train", k);
         snprintf(path, sizeof path, "%s/%s", o->out_dir, img);
@@ -593,8 +598,9 @@ cleanup:
 }
 
 static void synth_usage(FILE *f) {
-    fprintf(f, "usage: llava-data synth --out DIR [--n N] [--n-test M] [--seed S] [--image-size P] [--vocab-size V]\n"
-               "                        [--no-tokenizer] [--spm-train PROG] [--ingest S [--patch-size P] [--jobs K]]\n"
+    fprintf(f, "usage: llava-data synth --out DIR [--n N] [--n-test M] [--seed S] [--image-size P] [--jitter J]\n"
+               "                        [--vocab-size V] [--no-tokenizer] [--spm-train PROG]\n"
+               "                        [--ingest S [--patch-size P] [--jobs K]]\n"
                "  Draws N training and M held-out images of 1-4 coloured shapes (PNG, P x P) and writes, under DIR:\n"
                "    pretrain.json   captions, CC-595K form (stage 1, template plain)\n"
                "    instruct.json   conversations, detailed descriptions, reasoning and multiple-choice questions\n"
@@ -604,16 +610,20 @@ static void synth_usage(FILE *f) {
                "    shapes.json     each image's shapes (colour, kind, position, normalised box) and caption\n"
                "    tokenizer.model BPE tokenizer (byte fallback, split digits, identity normalisation, unk 0, bos 1,\n"
                "                    eos 2) trained with spm_train on tokenizer-corpus.txt\n"
-               "  Defaults: --n 1000 --n-test 200 --seed 1 --image-size 64 --vocab-size 1000. Output is a function\n"
-               "  of the options only. Ingest with images dir = DIR and DIR/tokenizer.model.\n"
+               "  --jitter J   how much shapes vary, 0-100: 0 draws each at one size centred in its quadrant, 100 varies\n"
+               "               the radius over 0.28-0.42 of a quadrant and moves it up to 80%% of the free room\n"
+               "  Defaults: --n 1000 --n-test 200 --seed 1 --image-size 64 --jitter %d --vocab-size 1000. Output is a\n"
+               "  function of the options only. Ingest with images dir = DIR and DIR/tokenizer.model.\n"
                "  --ingest S   then ingest them for a vision tower of S px with P px patches (--patch-size, default 14):\n"
                "               DIR/pretrain (template plain) and DIR/instruct (vicuna_v1) dataset directories, with\n"
                "               --jobs K threads\n"
-               "  --spm-train PROG: a program name on PATH or an absolute path (it runs inside DIR).\n");
+               "  --spm-train PROG: a program name on PATH or an absolute path (it runs inside DIR).\n",
+            SYNTH_DEFAULT_JITTER);
 }
 
 int llava_data_synth_main(int argc, char **argv) {
-    synth_opts_t o = {.n = 1000, .n_test = 200, .seed = 1, .image_size = 64, .vocab_size = 1000, .tokenizer = 1};
+    synth_opts_t o = {.n = 1000, .n_test = 200, .seed = 1, .image_size = 64, .vocab_size = 1000, .tokenizer = 1,
+                      .jitter = SYNTH_DEFAULT_JITTER};
     int ingest_size = 0, patch = 14, jobs = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -638,6 +648,7 @@ int llava_data_synth_main(int argc, char **argv) {
         else if (num && !strcmp(a, "--n-test") && x >= 0 && x < 100000000) o.n_test = (int)x;
         else if (num && !strcmp(a, "--seed") && x >= 0) o.seed = (uint64_t)x;
         else if (num && !strcmp(a, "--image-size") && x >= 8 && x <= 4096) o.image_size = (int)x;
+        else if (num && !strcmp(a, "--jitter") && x >= 0 && x <= 100) o.jitter = (int)x;
         else if (num && !strcmp(a, "--vocab-size") && x >= 300 && x <= 100000) o.vocab_size = (int)x;
         else if (num && !strcmp(a, "--ingest") && x >= 1 && x <= 4096) ingest_size = (int)x;
         else if (num && !strcmp(a, "--patch-size") && x >= 1 && x <= 4096) patch = (int)x;

@@ -10,12 +10,18 @@
 extern "C" {
 #endif
 
+/* The demo's default: shapes nearly centred in their quadrant at nearly one size. A frozen random vision tower (the
+ * demo's stand-in for a pretrained CLIP) gives such shapes one code per kind, so what is trained is the projector
+ * and the language model's binding of colour, kind and place (docs/architecture.md, "The demo's accuracy"). */
+#define SYNTH_DEFAULT_JITTER 20
+
 typedef struct {
     const char *out_dir;   /* created if missing */
     int n;                 /* training images */
     int n_test;            /* held-out multiple-choice images */
     uint64_t seed;
     int image_size;        /* side of the PNGs */
+    int jitter;            /* 0-100: how much shapes vary in size and place (scene_draw_random in synth.c) */
     int vocab_size;        /* tokenizer vocabulary (a soft limit) */
     int tokenizer;         /* 1: train out_dir/tokenizer.model with spm_train; 0: skip */
     const char *spm_train; /* program to run (NULL: "spm_train" from PATH) */

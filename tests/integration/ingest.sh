@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# llava-data end to end: synth -> ingest -> inspect -> verify; determinism (jobs 1 vs 2, same checksums);
+# llava-data end to end: synth (deterministic; --jitter) -> ingest -> inspect -> verify; determinism (jobs 1 vs 2, same checksums);
 # resumability (LLAVA_INGEST_DIE_AFTER kills an ingest mid-shard, the rerun equals the uninterrupted run); bad input
 # (JSON syntax error with line:column, missing/corrupt image, empty targets, unknown role, <image> mismatches, each in
 # the report by id; --bad-records fail: non-zero, no manifest); verify catches a damaged shard.
@@ -23,6 +23,20 @@ done
 "$D" synth --out "$T/syn2" --n 60 --n-test 8 --seed 5 --image-size 32 >/dev/null
 for f in pretrain.json instruct.json mc-test.json tokenizer.model images/train-000007.png; do
     cmp -s "$T/syn/$f" "$T/syn2/$f" || fail "synth is not deterministic: $f differs"
+done
+
+# --jitter: 0 draws every shape at one size centred in its quadrant (box [0.05,0.05,0.45,0.45] and its mirror
+# images); 100 varies both (synth v2); outside 0-100 is refused
+"$D" synth --out "$T/j0" --n 40 --n-test 4 --image-size 56 --jitter 0 --no-tokenizer >/dev/null
+"$D" synth --out "$T/j100" --n 40 --n-test 4 --image-size 56 --jitter 100 --no-tokenizer >/dev/null
+boxes() { grep '"box"' "$1/shapes.json" | sed 's/.*\[\(.*\)\].*/\1/' | sort -u; }
+[ "$(boxes "$T/j0" | tr '\n' '|')" = "0.05, 0.05, 0.45, 0.45|0.05, 0.55, 0.45, 0.95|0.55, 0.05, 0.95, 0.45|0.55, 0.55, 0.95, 0.95|" ] ||
+    fail "synth --jitter 0: boxes not centred in their quadrants: $(boxes "$T/j0" | head -5 | tr '\n' '|')"
+[ "$(boxes "$T/j100" | wc -l)" -gt 50 ] || fail "synth --jitter 100: shapes do not vary ($(boxes "$T/j100" | wc -l) boxes)"
+cmp -s "$T/j0/shapes.json" "$T/j100/shapes.json" && fail "synth --jitter changes nothing"
+for j in -1 101 x; do
+    rc=0; "$D" synth --out "$T/jbad" --jitter "$j" --no-tokenizer >/dev/null 2>"$T/jbad.err" || rc=$?
+    [ "$rc" = 2 ] && grep -q -- "--jitter $j" "$T/jbad.err" || fail "synth --jitter $j: exit $rc, $(cat "$T/jbad.err" | head -1)"
 done
 
 ING=(--images "$T/syn" --tokenizer "$T/syn/tokenizer.model" --image-size 28 --quiet)
