@@ -14,7 +14,7 @@ if [ ! -x build/llava-run ] || [ -n "$(find CMakeLists.txt common coordinator wo
   cmake --build build -j"$(nproc)" >/dev/null
 fi
 # what made runs/demo/data: data from another version or size is made again (and the run trained on it dropped)
-made_by="synth v2 --n 4000 --n-test 200 --image-size 56 --ingest 56"
+made_by="synth v3 (shapes at --jitter 20) --n 4000 --n-test 200 --image-size 56 --ingest 56"
 if [ ! -f runs/demo/data/instruct/manifest.json ] || [ "$(cat runs/demo/data/made-by 2>/dev/null)" != "$made_by" ]; then
   echo "== demo data: 4000 training and 200 held-out images of coloured shapes"
   rm -rf runs/demo/data runs/demo/run && mkdir -p runs/demo
@@ -22,9 +22,9 @@ if [ ! -f runs/demo/data/instruct/manifest.json ] || [ "$(cat runs/demo/data/mad
   echo "$made_by" >runs/demo/data/made-by
 fi
 # what made runs/demo/model-init: a model from an older init is made again (and the run trained from it dropped)
-model_by="init v2 (projector: torch nn.Linear default) --config jobs/assets/demo-model.json --seed 1"
+model_by="init v2 (projector: torch nn.Linear default) --config jobs/assets/demo-model.json $(cksum <jobs/assets/demo-model.json | cut -d" " -f1) --seed 1"
 if [ ! -f runs/demo/model-init/config.json ] || [ "$(cat runs/demo/model-init/made-by 2>/dev/null)" != "$model_by" ]; then
-  echo "== a tiny random LLaVA (CLIP 3x64 at 56 px, LLaMA 2x128, vocab 1001)"
+  echo "== a tiny random LLaVA (CLIP 3x64 at 56 px, LLaMA 2x128 with 16 heads, vocab 1001)"
   rm -rf runs/demo/model-init runs/demo/run
   build/llava-model init --config jobs/assets/demo-model.json --out runs/demo/model-init --seed 1
   echo "$model_by" >runs/demo/model-init/made-by
