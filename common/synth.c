@@ -431,7 +431,7 @@ int synth_run(const synth_opts_t *o) {
     str_t q = {0}, a = {0}, t = {0};
     CHECK_GOTO(o->out_dir && strlen(o->out_dir) < 4000 && o->n >= 1 && o->n_test >= 0 && o->image_size >= 8 && o->image_size <= 4096 &&
                    o->jitter >= 0 && o->jitter <= 100,
-               LLAVA_EINVAL, "synth: need --out, --n >= 1, --image-size in [8, 4096]");
+               LLAVA_EINVAL, "synth: need --out, --n >= 1, --image-size in [8, 4096], --jitter in [0, 100]");
     CHECK_GOTO(mkdir(o->out_dir, 0755) == 0 || errno == EEXIST, LLAVA_EIO, "%s: %s", o->out_dir, strerror(errno));
     snprintf(path, sizeof path, "%s/images", o->out_dir);
     CHECK_GOTO(mkdir(path, 0755) == 0 || errno == EEXIST, LLAVA_EIO, "%s: %s", path, strerror(errno));
