@@ -1,4 +1,5 @@
 /* Coordinator client and the human-readable status rendering shared by llavactl and llava-run (see client.h). */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -102,6 +103,30 @@ static void bar(char *buf, int width, double frac) {
     buf[width] = 0;
 }
 
+void client_shard_summary(const cJSON *run, char *out, size_t len) {
+    if (!len) return;
+    out[0] = 0;
+    const cJSON *shards = run ? cJSON_GetObjectItemCaseSensitive(run, "shards") : NULL, *s;
+    int n = cJSON_GetArraySize(shards), k = 0;
+    if (n <= 0) return;
+    size_t at = (size_t)snprintf(out, len, "shards");
+    cJSON_ArrayForEach(s, shards) {
+        if (at >= len) break;
+        double d = wire_get_num(s, "done", 0), t = wire_get_num(s, "total", 0);
+        double f = t > 0 ? d / t : 0;
+        f = f < 0 ? 0 : f > 1 ? 1 : f;
+        if (n <= 4) {
+            at += (size_t)snprintf(out + at, len - at, " %.0f%%", floor(100 * f));
+        } else if (k == 64) {
+            at += (size_t)snprintf(out + at, len - at, "+%d", n - 64);
+            break;
+        } else {
+            at += (size_t)snprintf(out + at, len - at, "%s%c", k ? "" : " ", f >= 1 ? '#' : (char)('0' + (int)(f * 10)));
+        }
+        k++;
+    }
+}
+
 void client_print_progress_line(const cJSON *st) {
     const cJSON *run = cJSON_GetObjectItemCaseSensitive(st, "run");
     const cJSON *job = cJSON_GetObjectItemCaseSensitive(st, "job");
@@ -115,9 +140,11 @@ void client_print_progress_line(const cJSON *st) {
     char b[32], eta[16];
     bar(b, 24, total > 0 ? step / total : 0);
     fmt_duration(wire_get_num(run, "eta_s", -1), eta, sizeof eta);
-    printf("\r%s [%s] step %.0f/%.0f epoch %.0f loss %.4f %.1f samples/s eta %s   ", wire_get_str(job, "name", "job"), b,
+    char sh[128];
+    client_shard_summary(run, sh, sizeof sh);
+    printf("\r%s [%s] step %.0f/%.0f epoch %.0f loss %.4f %.1f samples/s eta %s %s   ", wire_get_str(job, "name", "job"), b,
            step, total, wire_get_num(run, "epoch", 0) + 1, wire_get_num(run, "loss", 0),
-           wire_get_num(run, "samples_per_s", 0), eta);
+           wire_get_num(run, "samples_per_s", 0), eta, sh);
     fflush(stdout);
 }
 
