@@ -12,7 +12,7 @@ static cJSON *run_with(int n, const double *done, const double *total) {
     cJSON *run = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(run, "shards");
     for (int i = 0; i < n; i++) {
         cJSON *s = cJSON_CreateObject();
-        char name[16];
+        char name[32];
         snprintf(name, sizeof name, "shard-%05d", i);
         cJSON_AddStringToObject(s, "name", name);
         cJSON_AddNumberToObject(s, "done", done[i]);
